@@ -1,0 +1,76 @@
+"""The `dl-run` entry point: Hydra composes the config, then plain values are handed to run()."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from dlrun import console
+from dlrun.errors import ConfigError
+
+# Jobs of this process that ended on bad input (a multirun keeps going and reports at the end).
+_failures: list[str] = []
+
+
+@hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
+def _train(cfg: DictConfig) -> float | None:
+    from dlrun.run import remove_unfinished, run  # imported here so `dl-run --help` stays fast
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        metrics = run(cfg, run_dir, overrides)
+    except (ConfigError, FloatingPointError) as err:
+        console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
+        if not cfg.get("resume"):
+            remove_unfinished(run_dir)
+        _failures.append(str(err))
+        return None
+    test = metrics["test"]
+    return test.get("accuracy", test.get("loss"))
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resume_arguments(args: list[str]) -> list[str]:
+    """`resume=<run dir>` re-runs that run's own overrides in its own directory, plus any new ones given."""
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume:
+        return args
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not run_dir.is_dir():
+        raise ConfigError(f"'resume={run_dir}': no such directory. Give the run directory that dl-run printed "
+                          f"at the end of the run (outputs/<date>/<time>).", key="resume")
+    if not saved.is_file() or not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise ConfigError(f"'resume={run_dir}' is not a dl-run run directory with a checkpoint: expected "
+                          f"{saved} and {run_dir / 'checkpoints' / 'last.pt'}.", key="resume")
+    given = [a for a in args if not a.startswith("resume=")]
+    given_keys = {_override_key(a) for a in given if "=" in a}
+    original = [o for o in yaml.safe_load(saved.read_text()) or []
+                if _override_key(o) not in given_keys | {"resume", "hydra.run.dir"}]
+    return original + given + [f"hydra.run.dir={run_dir.resolve()}", f"resume={run_dir.resolve()}"]
+
+
+def main() -> None:
+    """Console script `dl-run`."""
+    try:
+        sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
+    except ConfigError as err:
+        console.print_error(str(err))
+        sys.exit(2)
+    _train()
+    if _failures:
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

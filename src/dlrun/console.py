@@ -1,0 +1,116 @@
+"""What the user sees in the terminal: the config tree, the model summary, progress, the results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from dlrun.summary import LayerRow
+
+# Piped output (CI logs, subprocess tests) gets a wider page than rich's 80-column default.
+console = Console(highlight=False, width=None if Console().is_terminal else 120)
+
+
+def print_error(message: str) -> None:
+    """One paragraph, no traceback, on stderr."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {message}", markup=True)
+
+
+def config_tree(cfg: Mapping[str, Any]) -> None:
+    tree = Tree("[bold]config[/]")
+
+    def add(node: Tree, value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            branch = node.add(f"[cyan]{key}[/]")
+            for k, v in value.items():
+                add(branch, v, k)
+        else:
+            node.add(f"[cyan]{key}[/]: {value!r}" if isinstance(value, str) else f"[cyan]{key}[/]: {value}")
+
+    for key, value in cfg.items():
+        add(tree, value, key)
+    console.print(tree)
+
+
+def model_table(rows: list[LayerRow], total: int, trainable: int, input_shape: tuple[int, ...]) -> None:
+    table = Table(title=f"model (input {tuple(input_shape)})", title_justify="left")
+    table.add_column("layer")
+    table.add_column("type")
+    table.add_column("output shape", justify="right")
+    table.add_column("parameters", justify="right")
+    for row in rows:
+        table.add_row(row.name, row.kind, str(row.output_shape), f"{row.parameters:,}")
+    table.add_section()
+    frozen = f" ({total - trainable:,} frozen)" if trainable != total else ""
+    table.add_row("Total", "", "", f"{total:,} parameters{frozen}")
+    console.print(table)
+
+
+class EpochProgress:
+    """A progress bar for the current epoch with the live loss, and one line per finished epoch."""
+
+    def __init__(self, enabled: bool = True, refresh_every: int = 10) -> None:
+        self.enabled = enabled
+        self.refresh_every = refresh_every
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> "EpochProgress":
+        if self.enabled and console.is_terminal:
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("loss {task.fields[loss]}"), console=console, transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        if self._progress is None:
+            return
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(f"epoch {epoch}/{epochs}", total=batches, loss="…")
+
+    def advance(self, loss: torch.Tensor, step: int) -> None:
+        if self._progress is None:
+            return
+        if step % self.refresh_every == 0:
+            # Reading the loss value syncs with the device, so it is shown every few steps only.
+            self._progress.update(self._task, advance=1, loss=f"{loss.item():.4f}")
+        else:
+            self._progress.update(self._task, advance=1)
+
+    def end_epoch(self, epoch: int, metrics: Mapping[str, float], is_best: bool) -> None:
+        if not self.enabled:
+            return
+        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items() if k != "lr")
+        console.print(f"epoch {epoch:>3}  {shown}{'  [green]*best[/]' if is_best else ''}")
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
+def results_table(results: Mapping[str, Mapping[str, float]], title: str = "results") -> None:
+    """Rows are splits (train, val, test), columns are metrics."""
+    metrics = sorted({m for split in results.values() for m in split}, key=lambda m: (m != "loss", m))
+    table = Table(title=title, title_justify="left")
+    table.add_column("split")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for split, values in results.items():
+        table.add_row(split, *(_fmt(values[m]) if m in values else "" for m in metrics))
+    console.print(table)

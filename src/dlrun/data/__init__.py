@@ -1,0 +1,10 @@
+"""Datasets: one module per family, all registered in DATASETS.
+
+The families are imported here, so `from dlrun.data import DATASETS` always sees every dataset.
+"""
+
+from dlrun.data import synthetic, tabular  # noqa: F401  (registers the builders)
+from dlrun.data.base import DataInfo, Dataset, Splits
+from dlrun.data.registry import DATASETS
+
+__all__ = ["DATASETS", "DataInfo", "Dataset", "Splits"]

@@ -1,0 +1,134 @@
+"""What every dataset builder returns: splits held as tensors, and a DataInfo that sizes the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dlrun.errors import ConfigError
+
+TASKS = ("classification", "regression")
+
+
+@dataclass
+class DataInfo:
+    """What the model, loss and metrics need to know about a dataset."""
+
+    input_shape: tuple[int, ...]
+    task: str
+    num_classes: int | None = None  # classification only
+    target_dim: int = 1  # regression only: number of outputs
+    class_names: list[str] | None = None
+    # Regression targets may be standardised for training; metrics are reported in original units.
+    target_mean: torch.Tensor | None = None
+    target_std: torch.Tensor | None = None
+    feature_names: list[str] | None = None
+    name: str = ""
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def input_dim(self) -> int:
+        return int(np.prod(self.input_shape))
+
+
+@dataclass
+class Splits:
+    """Train/validation/test tensors: inputs x and targets y (class indices, or floats for regression)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device: torch.device) -> "Splits":
+        return Splits(*(t.to(device) for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+
+@dataclass
+class Dataset:
+    """A built dataset: its splits and what it is."""
+
+    splits: Splits
+    info: DataInfo
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Refuse split fractions that leave nothing to train on."""
+    for key, value in (("dataset.val_fraction", val_fraction), ("dataset.test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"'{key}={value}' must be between 0 and 1 (exclusive), e.g. 0.15.", key=key)
+    if val_fraction + test_fraction >= 0.9:
+        raise ConfigError(
+            f"'dataset.val_fraction={val_fraction}' plus 'dataset.test_fraction={test_fraction}' leave under 10% "
+            f"for training; keep their sum below 0.9.", key="dataset.val_fraction"
+        )
+
+
+def split_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    standardize: bool,
+    standardize_target: bool = False,
+    name: str = "",
+    class_names: list[str] | None = None,
+    feature_names: list[str] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Dataset:
+    """Seeded shuffle into train/val/test; statistics fitted on the training split only (course 2 §3.3)."""
+    check_fractions(val_fraction, test_fraction)
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    n_val = max(1, int(round(n * val_fraction)))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ConfigError(f"Dataset '{name}' has {n} samples: too few to split into train/val/test.", key="dataset")
+    idx_train, idx_val, idx_test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+    x = x.astype(np.float32)
+    if standardize:
+        # Fit mean and std on the training split only, so nothing leaks from validation or test.
+        mean = x[idx_train].mean(axis=0)
+        std = x[idx_train].std(axis=0)
+        std[std < 1e-8] = 1.0
+        x = (x - mean) / std
+    info_kwargs: dict = {}
+    if task == "classification":
+        y_t = torch.as_tensor(y, dtype=torch.long)
+        num_classes = int(y_t.max().item()) + 1
+        info_kwargs.update(num_classes=num_classes, class_names=class_names or [str(i) for i in range(num_classes)])
+    else:
+        y = y.astype(np.float32).reshape(n, -1)
+        if standardize_target:
+            t_mean = y[idx_train].mean(axis=0)
+            t_std = y[idx_train].std(axis=0)
+            t_std[t_std < 1e-8] = 1.0
+            y = (y - t_mean) / t_std
+            info_kwargs.update(target_mean=torch.as_tensor(t_mean), target_std=torch.as_tensor(t_std))
+        y_t = torch.as_tensor(y)
+        info_kwargs.update(target_dim=y.shape[1])
+    x_t = torch.as_tensor(x)
+    if input_shape is not None:
+        x_t = x_t.reshape(n, *input_shape)
+    splits = Splits(
+        x_t[idx_train], y_t[idx_train], x_t[idx_val], y_t[idx_val], x_t[idx_test], y_t[idx_test]
+    )
+    info = DataInfo(
+        input_shape=tuple(x_t.shape[1:]), task=task, name=name, feature_names=feature_names, **info_kwargs
+    )
+    return Dataset(splits, info)

@@ -1,0 +1,72 @@
+"""TensorBoard logging: scalars during training, and the run's hyperparameters with its final metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from dlrun.registry import Registry
+
+LOGGERS = Registry("logger")
+
+
+class TensorBoardLogger:
+    """Writes event files under the run directory; one folder per run, so sweeps compare side by side."""
+
+    def __init__(self, log_dir: Path, log_every_n_steps: int = 10, purge_step: int | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_every_n_steps = log_every_n_steps
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
+        """The HParams tab: this run's settings beside its final metrics (same run, no sub-folder)."""
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        experiment, session_start, session_end = hparams_summary(clean, metrics)
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        self.scalars(metrics, step)  # the HParams tab reads metric values from scalars of the same tag
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+class NullLogger:
+    """Logs nothing: for quick runs where no event file is wanted."""
+
+    log_every_n_steps = 0
+    log_dir = None
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@LOGGERS.register("tensorboard")
+def build_tensorboard(run_dir: Path, purge_step: int | None = None, subdir: str = "tb",
+                      log_every_n_steps: int = 10) -> TensorBoardLogger:
+    """Event files in <run dir>/<subdir>; training loss every log_every_n_steps steps."""
+    from dlrun.errors import ConfigError
+
+    if log_every_n_steps < 1:
+        raise ConfigError(f"'logger.log_every_n_steps={log_every_n_steps}' must be at least 1.",
+                          key="logger.log_every_n_steps")
+    return TensorBoardLogger(Path(run_dir) / subdir, log_every_n_steps, purge_step)
+
+
+@LOGGERS.register("none")
+def build_none(run_dir: Path, purge_step: int | None = None) -> NullLogger:
+    """No TensorBoard files."""
+    return NullLogger()

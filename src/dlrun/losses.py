@@ -1,0 +1,142 @@
+"""Loss functions of course 2 §4.1, each checked against the dataset's task before training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dlrun.data.base import DataInfo
+from dlrun.errors import ConfigError
+from dlrun.registry import Registry
+
+LOSSES = Registry("loss")
+
+
+@dataclass
+class Loss:
+    """A loss module plus what it asks of the model's output and the targets."""
+
+    module: nn.Module
+    name: str
+    out_features: int  # how many outputs the model must produce
+    output_activation: str | None = None  # appended to the model: sigmoid for bce, log_softmax for nll
+    binary: bool = False  # one output scored against a 0/1 target
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            target = target.to(output.dtype).unsqueeze(1)
+        return self.module(output, target)
+
+    def predict_classes(self, output: torch.Tensor) -> torch.Tensor:
+        """Class indices from the model's output."""
+        if self.binary:
+            threshold = 0.5 if self.output_activation == "sigmoid" else 0.0
+            return (output.squeeze(1) > threshold).long()
+        return output.argmax(dim=1)
+
+
+def _regression(name: str, info: DataInfo) -> None:
+    if info.task != "regression":
+        raise ConfigError(
+            f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
+            f"{info.num_classes} classes. Use loss=cross_entropy (or nll; bce/bce_with_logits for two classes).",
+            key="loss",
+        )
+
+
+def _classification(name: str, info: DataInfo, binary: bool) -> None:
+    if info.task != "classification":
+        raise ConfigError(
+            f"'loss={name}' is a classification loss, but dataset '{info.name}' is {info.task} "
+            f"(real-valued targets). Use loss=mse, mae, huber or msle.",
+            key="loss",
+        )
+    if binary and info.num_classes != 2:
+        raise ConfigError(
+            f"'loss={name}' scores one yes/no output, but dataset '{info.name}' has {info.num_classes} classes. "
+            f"Use loss=cross_entropy (or nll) for more than two classes.",
+            key="loss",
+        )
+
+
+class MSLELoss(nn.Module):
+    """Mean squared logarithmic error: (log(1+y) - log(1+ŷ))² (course 2 §4.1)."""
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # Clamp the prediction: log1p is undefined below -1 and the loss assumes non-negative values.
+        return nn.functional.mse_loss(torch.log1p(output.clamp_min(0)), torch.log1p(target))
+
+
+@LOSSES.register("mse")
+def build_mse(info: DataInfo) -> Loss:
+    _regression("mse", info)
+    return Loss(nn.MSELoss(), "mse", info.target_dim)
+
+
+@LOSSES.register("mae")
+def build_mae(info: DataInfo) -> Loss:
+    _regression("mae", info)
+    return Loss(nn.L1Loss(), "mae", info.target_dim)
+
+
+@LOSSES.register("huber")
+def build_huber(info: DataInfo, delta: float = 1.0) -> Loss:
+    _regression("huber", info)
+    if delta <= 0:
+        raise ConfigError(f"'loss.delta={delta}' must be positive.", key="loss.delta")
+    return Loss(nn.HuberLoss(delta=delta), "huber", info.target_dim)
+
+
+@LOSSES.register("msle")
+def build_msle(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
+    _regression("msle", info)
+    if train_targets is not None and bool((train_targets < 0).any()):
+        hint = (" They are standardised (dataset.standardize_target=true), which makes some negative: set "
+                "dataset.standardize_target=false." if info.target_mean is not None else "")
+        raise ConfigError(
+            f"'loss=msle' needs non-negative targets (it takes their logarithm), but dataset '{info.name}' has "
+            f"negative ones (min {float(train_targets.min()):.3g}).{hint} Otherwise use loss=mse, mae or huber.",
+            key="loss",
+        )
+    return Loss(MSLELoss(), "msle", info.target_dim)
+
+
+@LOSSES.register("bce")
+def build_bce(info: DataInfo) -> Loss:
+    """Binary cross-entropy on probabilities: the model ends with a sigmoid."""
+    _classification("bce", info, binary=True)
+    return Loss(nn.BCELoss(), "bce", 1, output_activation="sigmoid", binary=True)
+
+
+@LOSSES.register("bce_with_logits")
+def build_bce_with_logits(info: DataInfo) -> Loss:
+    """Binary cross-entropy on raw scores: the sigmoid is folded into the loss, numerically safer."""
+    _classification("bce_with_logits", info, binary=True)
+    return Loss(nn.BCEWithLogitsLoss(), "bce_with_logits", 1, binary=True)
+
+
+@LOSSES.register("cross_entropy")
+def build_cross_entropy(info: DataInfo, label_smoothing: float = 0.0) -> Loss:
+    """Softmax + negative log-likelihood on class indices (the one-hot target is implicit)."""
+    _classification("cross_entropy", info, binary=False)
+    return Loss(nn.CrossEntropyLoss(label_smoothing=label_smoothing), "cross_entropy", info.num_classes)
+
+
+@LOSSES.register("nll")
+def build_nll(info: DataInfo) -> Loss:
+    """Negative log-likelihood: the model ends with log-softmax."""
+    _classification("nll", info, binary=False)
+    return Loss(nn.NLLLoss(), "nll", info.num_classes, output_activation="log_softmax")
+
+
+@LOSSES.register("auto")
+def build_auto(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
+    """The task's usual loss: cross-entropy for classification, MSE for regression."""
+    return build_cross_entropy(info) if info.task == "classification" else build_mse(info)
+
+
+def output_layer(name: str | None) -> nn.Module | None:
+    """The layer a loss expects at the end of the model, if any."""
+    return {"sigmoid": nn.Sigmoid(), "log_softmax": nn.LogSoftmax(dim=1), None: None}[name]

@@ -1,0 +1,46 @@
+"""The multi-layer perceptron: fully-connected layers with activations (course 1 §5.3, course 2)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dlrun.activations import ACTIVATIONS, activation_width_factor
+from dlrun.data.base import DataInfo
+from dlrun.errors import ConfigError
+from dlrun.models.registry import MODELS
+
+
+@MODELS.register("mlp")
+def build_mlp(
+    info: DataInfo,
+    out_features: int,
+    hidden: list[int] = (128, 64),
+    activation: str = "relu",
+    negative_slope: float = 0.1,
+    pieces: int = 2,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """INPUT -> [FC -> (BN) -> ACT -> (DROPOUT)] * len(hidden) -> FC."""
+    if any(h < 1 for h in hidden):
+        raise ConfigError(f"'model.hidden={list(hidden)}' must list positive layer widths, e.g. [128, 64].",
+                          key="model.hidden")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"'model.dropout={dropout}' must be in [0, 1).", key="model.dropout")
+    if activation == "maxout" and pieces < 2:
+        raise ConfigError(f"'model.pieces={pieces}' must be at least 2 for maxout.", key="model.pieces")
+    ACTIVATIONS.get(activation, "model.activation")
+    act_kwargs = {"leaky_relu": {"negative_slope": negative_slope}, "maxout": {"pieces": pieces}}.get(activation, {})
+    factor = activation_width_factor(activation, pieces)
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = info.input_dim
+    for h in hidden:
+        layers.append(nn.Linear(width, h * factor))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(h * factor))
+        layers.append(ACTIVATIONS.build({"name": activation, **act_kwargs}, key="model.activation"))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)

@@ -1,0 +1,189 @@
+"""One experiment from a composed config: build every piece, train, test once, write the results."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dlrun import checkpoint, console
+from dlrun.augment import AUGMENTATIONS
+from dlrun.data import DATASETS
+from dlrun.errors import ConfigError
+from dlrun.init import INITS, apply_init
+from dlrun.logger import LOGGERS
+from dlrun.losses import LOSSES, output_layer
+from dlrun.models import MODELS
+from dlrun.optim import OPTIMIZERS, SCHEDULERS
+from dlrun.reference import least_squares
+from dlrun.registry import check_arguments
+from dlrun.summary import summarize
+from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, restore
+
+MODES = ("train",)
+TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
+                  "augmentation", "trainer", "logger", "experiment"}
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def _check_top_level(cfg: dict[str, Any]) -> None:
+    unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"Unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_LEVEL_KEYS))}.",
+                          key=unknown[0])
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ConfigError(f"'seed={cfg.get('seed')!r}' must be an integer.", key="seed")
+    if cfg.get("mode") not in MODES:
+        raise ConfigError(f"'mode={cfg.get('mode')}' is not available; valid modes: {', '.join(MODES)}.", key="mode")
+    if cfg.get("task") not in (None, "classification", "regression"):
+        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: classification, regression "
+                          f"(or leave it unset to take the dataset's).", key="task")
+
+
+def hparams_of(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The run's settings for the HParams tab: each group's choice and its keys, flattened."""
+    flat: dict[str, Any] = {"seed": cfg["seed"]}
+    for group in ("dataset", "model", "loss", "optimizer", "scheduler", "init", "augmentation", "trainer"):
+        for key, value in (cfg.get(group) or {}).items():
+            if key not in ("progress", "device"):
+                flat[f"{group}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+class Experiment:
+    """Every built piece of one run, ready to train; building it checks the whole config first."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+        _check_top_level(cfg)
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.opts = TrainerOptions(**check_arguments(TrainerOptions, cfg["trainer"], "trainer"))
+        self.device = resolve_device(self.opts.device)
+        seed_everything(cfg["seed"], self.opts.deterministic)
+
+        self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"])
+        self.info = self.data.info
+        if cfg.get("task") not in (None, self.info.task):
+            raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.info.name}', which is "
+                              f"{self.info.task}. Leave task unset, or pick a {cfg['task']} dataset.", key="task")
+        self.loss = LOSSES.build(cfg["loss"], info=self.info, train_targets=self.data.splits.y_train)
+        model = MODELS.build(cfg["model"], info=self.info, out_features=self.loss.out_features)
+        last = output_layer(self.loss.output_activation)
+        self.model = torch.nn.Sequential(model, last) if last is not None else model
+        init_cfg = dict(cfg["init"])
+        bias = init_cfg.pop("bias", 0.0)
+        apply_init(self.model, INITS.build(init_cfg), bias)
+        self.model.to(self.device)
+        self.splits = self.data.splits.to(self.device)  # held as tensors on the training device
+
+        self.optimizer = OPTIMIZERS.build(cfg["optimizer"], params=self.model.parameters())
+        steps_per_epoch = -(-len(self.splits.x_train) // self.opts.batch_size_for(len(self.splits.x_train)))
+        total = steps_per_epoch * self.opts.epochs
+        if self.opts.max_steps is not None:
+            total = min(total, self.opts.max_steps)
+        self.schedule = SCHEDULERS.build(cfg["scheduler"], optimizer=self.optimizer, total_steps=total,
+                                         steps_per_epoch=steps_per_epoch, epochs=self.opts.epochs)
+        self.augment = AUGMENTATIONS.build(cfg["augmentation"])
+        self.logger_cfg = dict(cfg["logger"])
+        # Check the logger's keys now; it is built (and writes files) only when training starts.
+        check_arguments(LOGGERS.get(self.logger_cfg.get("name", "tensorboard"), "logger"),
+                        {k: v for k, v in self.logger_cfg.items() if k != "name"}, "logger",
+                        {"run_dir": None, "purge_step": None})
+        sample = self.splits.x_train[:2]
+        try:
+            self.summary = summarize(self.model, sample)
+        except RuntimeError as err:
+            raise ConfigError(f"'model={cfg['model'].get('name')}' cannot take dataset '{self.info.name}' inputs of "
+                              f"shape {tuple(self.info.input_shape)}: {err}", key="model") from None
+
+
+def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Train (or resume) one experiment and return what metrics.json holds."""
+    cfg = OmegaConf.to_container(cfg_node, resolve=True)
+    started = time.perf_counter()
+    exp = Experiment(cfg, run_dir)
+    checkpoint_dir = run_dir / "checkpoints"
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    state = None
+    if cfg.get("resume"):
+        ckpt = checkpoint.load(checkpoint_dir / "last.pt")
+        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator)
+        console.console.print(f"Resuming from epoch {state.epoch}, step {state.step} ({checkpoint_dir / 'last.pt'})")
+    else:
+        console.config_tree(cfg)
+    rows, total, trainable = exp.summary
+    console.model_table(rows, total, trainable, exp.info.input_shape)
+    console.console.print(f"device {exp.device}, {len(exp.splits.x_train)} train / {len(exp.splits.x_val)} val / "
+                          f"{len(exp.splits.x_test)} test samples, task {exp.info.task}, loss {exp.loss.name}")
+
+    logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir, purge_step=state.step + 1 if state else None)
+    extra = {"config": OmegaConf.to_yaml(cfg_node, resolve=True)}
+    try:
+        with console.EpochProgress(exp.opts.progress) as progress:
+            state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
+                        logger, checkpoint_dir, extra, exp.augment, progress, state, generator)
+
+        # Test once, after training, on the best checkpoint (course 1 §6).
+        best_path = checkpoint_dir / ("best.pt" if (checkpoint_dir / "best.pt").exists() else "last.pt")
+        exp.model.load_state_dict(checkpoint.load(best_path)["model"])
+        results = {split: evaluate(exp.model, exp.loss, *exp.splits.split(split), exp.info, exp.opts.eval_batch_size)
+                   for split in ("train", "val", "test")}
+        final_metrics = {f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}
+        logger.hparams(hparams_of(cfg, overrides), {f"hparam/{k}": v for k, v in final_metrics.items()}, state.step)
+    finally:
+        logger.close()
+
+    reference = None
+    model_name = cfg["model"].get("name")
+    if exp.info.task == "regression" and model_name in ("linear", "polynomial"):
+        reference = least_squares(exp.data.splits, exp.info, cfg["model"].get("degree", 1))
+
+    console.results_table(results, title=f"results (best epoch {state.best_epoch}, checkpoint {best_path.name})")
+    if reference is not None:
+        console.results_table({k: v for k, v in reference.items() if k != "weights"},
+                              title="closed-form least squares on the same features (course 1 §5.1)")
+    metrics = {
+        "status": "completed",
+        "task": exp.info.task,
+        "dataset": exp.info.name,
+        "epochs_run": state.epoch,
+        "steps": state.step,
+        "stopped_early": state.stopped_early,
+        "best": {"epoch": state.best_epoch, "monitor": exp.opts.monitor, "value": state.best_value},
+        "test": results["test"],
+        "final": {"train": state.history[-1] if state.history else {}, **results},
+        "parameters": total,
+        "train_seconds": round(state.train_seconds, 3),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "overrides": overrides,
+        "history": state.history,
+    }
+    if reference is not None:
+        metrics["least_squares"] = reference
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    console.console.print(f"\nRun directory: {run_dir}\nOpen the curves:  tensorboard --logdir {run_dir}")
+    return metrics
+
+
+def remove_unfinished(run_dir: Path) -> None:
+    """After bad input, leave no run directory that looks like a run: remove one holding only Hydra's files."""
+    if not run_dir.is_dir():
+        return
+    leftovers = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if not leftovers:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,266 @@
+"""The training loop: batches -> forward -> loss -> backward -> step -> log. Read it top to bottom."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dlrun import checkpoint
+from dlrun.data.base import DataInfo, Splits
+from dlrun.errors import ConfigError
+from dlrun.losses import Loss
+from dlrun.metrics import classification_metrics, monitor_mode, regression_metrics
+from dlrun.optim import Schedule
+
+
+@dataclass
+class TrainerOptions:
+    """The `trainer` config group, checked key by key against these types."""
+
+    epochs: int = 30
+    max_steps: int | None = None  # stop after this many optimiser steps, whatever the epoch
+    batch_size: int | str = 64  # an integer, or "full" for full-batch gradient descent (course 2 §1.1)
+    eval_batch_size: int = 4096
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    deterministic: bool = False
+    gradient_clip: float | None = None  # max global gradient norm
+    mixed_precision: bool = True  # bf16/fp16 autocast, only ever used on a GPU
+    early_stopping_patience: int | None = None  # epochs without improvement of `monitor` before stopping
+    monitor: str = "val/loss"  # the metric that picks the best checkpoint and drives early stopping
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"'trainer.epochs={self.epochs}' must be a positive integer, e.g. 20.",
+                              key="trainer.epochs")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"'trainer.max_steps={self.max_steps}' must be a positive integer or null.",
+                              key="trainer.max_steps")
+        if isinstance(self.batch_size, str) and self.batch_size != "full":
+            raise ConfigError(f"'trainer.batch_size={self.batch_size}' must be a positive integer or 'full'.",
+                              key="trainer.batch_size")
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ConfigError(f"'trainer.batch_size={self.batch_size}' must be a positive integer (1 is "
+                              f"stochastic gradient descent) or 'full'.", key="trainer.batch_size")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"'trainer.eval_batch_size={self.eval_batch_size}' must be a positive integer.",
+                              key="trainer.eval_batch_size")
+        if self.gradient_clip is not None and self.gradient_clip <= 0:
+            raise ConfigError(f"'trainer.gradient_clip={self.gradient_clip}' must be positive or null.",
+                              key="trainer.gradient_clip")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"'trainer.early_stopping_patience={self.early_stopping_patience}' must be a "
+                              f"positive integer or null.", key="trainer.early_stopping_patience")
+
+    def batch_size_for(self, n_train: int) -> int:
+        return n_train if self.batch_size == "full" else min(int(self.batch_size), n_train)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: saved in every checkpoint so `resume` continues from here."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the monitored metric last improved
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; anything else must be a device torch knows and has."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"'trainer.device={name}' is not a device: use auto, cpu, cuda, cuda:N or mps.",
+                          key="trainer.device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"'trainer.device={name}' but no CUDA GPU is available here: use trainer.device=auto "
+                          f"or cpu.", key="trainer.device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"'trainer.device={name}' but MPS is not available here: use auto or cpu.",
+                          key="trainer.device")
+    return device
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """Mixed precision on GPU only: bf16 where the card supports it, else fp16 (with a grad scaler)."""
+    if not enabled or device.type != "cuda":
+        return nullcontext(), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.Tensor, info: DataInfo,
+             batch_size: int = 4096) -> dict[str, float]:
+    """Mean loss and the task's metrics over one split, in evaluation mode (dropout off, BN frozen)."""
+    was_training = model.training
+    model.eval()
+    outputs = torch.cat([model(xb) for xb in x.split(batch_size)])
+    metrics = {"loss": loss_fn(outputs.float(), y).item()}
+    if info.task == "classification":
+        metrics.update(classification_metrics(loss_fn.predict_classes(outputs), y))
+    else:
+        metrics.update(regression_metrics(outputs, y, info.target_mean, info.target_std))
+    model.train(was_training)
+    return metrics
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if mode == "min" else value > best
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Loss,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    data: Splits,
+    info: DataInfo,
+    opts: TrainerOptions,
+    device: torch.device,
+    logger: Any,
+    checkpoint_dir: Path,
+    extra_state: dict[str, Any],
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: Any = None,
+    state: TrainState | None = None,
+    generator: torch.Generator | None = None,
+) -> TrainState:
+    """Train for opts.epochs (or opts.max_steps), validating every epoch and checkpointing last and best."""
+    state = state or TrainState()
+    generator = generator or torch.Generator()
+    x_train, y_train = data.x_train, data.y_train
+    n_train = len(x_train)
+    batch_size = opts.batch_size_for(n_train)
+    mode = monitor_mode(opts.monitor)
+    autocast, scaler = autocast_for(device, opts.mixed_precision)
+    log_every = getattr(logger, "log_every_n_steps", 0)
+    model.train()
+
+    while state.epoch < opts.epochs and not _done(state, opts):
+        started = time.perf_counter()
+        # Shuffle indices, not samples: the data stays where it is, batches are gathered by index.
+        order = torch.randperm(n_train, generator=generator).to(x_train.device, non_blocking=True)
+        running_loss = torch.zeros((), device=device)
+        batches = 0
+        if progress is not None:
+            progress.start_epoch(state.epoch + 1, opts.epochs, math.ceil(n_train / batch_size))
+        for idx in order.split(batch_size):
+            xb, yb = x_train[idx], y_train[idx]
+            if augment is not None:
+                xb = augment(xb)
+            with autocast:
+                output = model(xb)
+                loss = loss_fn(output.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if opts.gradient_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), opts.gradient_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            schedule.step("step")
+            state.step += 1
+            batches += 1
+            running_loss += loss.detach()
+            if log_every and state.step % log_every == 0:
+                # One device sync per log interval, not per step.
+                logger.scalars({"train/loss_step": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, state.step)
+            if progress is not None:
+                progress.advance(loss, state.step)
+            if _done(state, opts):
+                break
+
+        state.epoch += 1
+        state.train_seconds += time.perf_counter() - started
+        train_loss = (running_loss / max(batches, 1)).item()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"The training loss became {train_loss} in epoch {state.epoch} (step {state.step}). The learning "
+                f"rate is probably too high for this model and data: lower optimizer.lr, or set "
+                f"trainer.gradient_clip."
+            )
+        val = evaluate(model, loss_fn, data.x_val, data.y_val, info, opts.eval_batch_size)
+        epoch_metrics = {"train/loss": train_loss, **{f"val/{k}": v for k, v in val.items()},
+                         "lr": optimizer.param_groups[0]["lr"]}
+        state.history.append({"epoch": state.epoch, "step": state.step, **epoch_metrics})
+        logger.scalars({"train/loss_epoch": train_loss, **{f"val/{k}": v for k, v in val.items()},
+                        "epoch": state.epoch}, state.step)
+        monitored = epoch_metrics.get(opts.monitor)
+        schedule.step("epoch", monitored)
+
+        is_best = monitored is not None and _improved(monitored, state.best_value, mode)
+        if is_best:
+            state.best_value, state.best_epoch, state.bad_epochs = monitored, state.epoch, 0
+        else:
+            state.bad_epochs += 1
+        if opts.early_stopping_patience is not None and state.bad_epochs >= opts.early_stopping_patience:
+            state.stopped_early = True
+        snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
+        checkpoint.save(checkpoint_dir / "last.pt", snapshot)
+        if is_best:
+            checkpoint.save(checkpoint_dir / "best.pt", snapshot)
+        if progress is not None:
+            progress.end_epoch(state.epoch, epoch_metrics, is_best)
+        if state.stopped_early:
+            break
+    return state
+
+
+def _done(state: TrainState, opts: TrainerOptions) -> bool:
+    return state.stopped_early or (opts.max_steps is not None and state.step >= opts.max_steps)
+
+
+def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, scaler: Any,
+                      state: TrainState, generator: torch.Generator, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "train_state": {k: v for k, v in state.__dict__.items()},
+        "rng": checkpoint.rng_state(generator),
+        **extra,
+    }
+
+
+def restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+            generator: torch.Generator) -> TrainState:
+    """Put a run back where its checkpoint left it; return its TrainState."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ConfigError(f"The checkpoint does not fit this model (was the config changed?): {err}",
+                          key="resume") from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if schedule.scheduler is not None and ckpt.get("scheduler") is not None:
+        schedule.scheduler.load_state_dict(ckpt["scheduler"])
+    checkpoint.set_rng_state(ckpt["rng"], generator)
+    return TrainState(**ckpt["train_state"])
