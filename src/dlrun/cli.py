@@ -8,13 +8,16 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from dlrun import console
+from dlrun import console, preflight
 from dlrun.errors import ConfigError
 
-# Jobs of this process that ended on bad input (a multirun keeps going and reports at the end).
+# What each job of this process ended with; a multirun keeps going past a bad job and reports at the end.
 _failures: list[str] = []
+_finished: list[tuple[str, dict]] = []
+_sweep_dirs: set[str] = set()
 
 
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
@@ -32,6 +35,10 @@ def _train(cfg: DictConfig) -> float | None:
             remove_unfinished(run_dir)
         _failures.append(str(err))
         return None
+    row = {"train loss": metrics["evaluation"]["train"]["loss"], **{f"test {k}": v for k, v in metrics["test"].items()}}
+    _finished.append((" ".join(overrides) or "(defaults)", row))
+    if hydra_cfg.mode is RunMode.MULTIRUN:
+        _sweep_dirs.add(hydra_cfg.sweep.dir)
     test = metrics["test"]
     return test.get("accuracy", test.get("loss"))
 
@@ -64,10 +71,17 @@ def main() -> None:
     """Console script `dl-run`."""
     try:
         sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
+        preflight.check(sys.argv[1:])
     except ConfigError as err:
         console.print_error(str(err))
         sys.exit(2)
     _train()
+    if len(_finished) + len(_failures) > 1:
+        console.results_table({name: test for name, test in _finished},
+                              title=f"sweep: test metrics of {len(_finished)} finished job(s)"
+                                    + (f", {len(_failures)} failed" if _failures else ""))
+    for sweep_dir in _sweep_dirs:
+        console.console.print(f"Compare the runs:  tensorboard --logdir {Path(sweep_dir).resolve()}", soft_wrap=True)
     if _failures:
         sys.exit(2)
 

@@ -106,9 +106,9 @@ def _fmt(value: float) -> str:
 
 def results_table(results: Mapping[str, Mapping[str, float]], title: str = "results") -> None:
     """Rows are splits (train, val, test), columns are metrics."""
-    metrics = sorted({m for split in results.values() for m in split}, key=lambda m: (m != "loss", m))
+    metrics = list(dict.fromkeys(m for split in results.values() for m in split))
     table = Table(title=title, title_justify="left")
-    table.add_column("split")
+    table.add_column("split" if set(results) <= {"train", "val", "test"} else "run")
     for metric in metrics:
         table.add_column(metric, justify="right")
     for split, values in results.items():

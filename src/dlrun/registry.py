@@ -84,7 +84,7 @@ def check_arguments(fn: Callable, kwargs: Mapping[str, Any], prefix: str, extra:
     for key, value in kwargs.items():
         if key not in params and not accepts_any:
             raise ConfigError(
-                f"Unknown key '{prefix}.{key}' (value {value!r}). Valid keys here: "
+                f"Unknown key '{prefix}.{key}' (value {value!r}). Valid keys of {prefix}: "
                 f"{', '.join(user_keys) or 'none'}.{_did_you_mean(key, user_keys)}",
                 key=f"{prefix}.{key}",
             )

@@ -151,7 +151,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     reference = None
     model_name = cfg["model"].get("name")
     if exp.info.task == "regression" and model_name in ("linear", "polynomial"):
-        reference = least_squares(exp.data.splits, exp.info, cfg["model"].get("degree", 1))
+        reference = least_squares(exp.data.splits, exp.info, cfg["model"].get("degree", 1),
+                                  cfg["model"].get("basis", "monomial"))
 
     console.results_table(results, title=f"results (best epoch {state.best_epoch}, checkpoint {best_path.name})")
     if reference is not None:
@@ -166,7 +167,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         "stopped_early": state.stopped_early,
         "best": {"epoch": state.best_epoch, "monitor": exp.opts.monitor, "value": state.best_value},
         "test": results["test"],
-        "final": {"train": state.history[-1] if state.history else {}, **results},
+        "evaluation": results,  # every split, scored with the best checkpoint
+        "last_epoch": state.history[-1] if state.history else {},
         "parameters": total,
         "train_seconds": round(state.train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - started, 3),
@@ -176,7 +178,9 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     if reference is not None:
         metrics["least_squares"] = reference
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    console.console.print(f"\nRun directory: {run_dir}\nOpen the curves:  tensorboard --logdir {run_dir}")
+    # soft_wrap: a long path stays on one line, so it can be copied whole.
+    console.console.print(f"\nRun directory: {run_dir}\nOpen the curves:  tensorboard --logdir {run_dir}",
+                          soft_wrap=True)
     return metrics
 
 

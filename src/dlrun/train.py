@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import nullcontext
@@ -34,6 +35,7 @@ class TrainerOptions:
     mixed_precision: bool = True  # bf16/fp16 autocast, only ever used on a GPU
     early_stopping_patience: int | None = None  # epochs without improvement of `monitor` before stopping
     monitor: str = "val/loss"  # the metric that picks the best checkpoint and drives early stopping
+    checkpoint_every_n_epochs: int = 1  # last.pt/best.pt are also always written when training ends
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -55,6 +57,9 @@ class TrainerOptions:
         if self.gradient_clip is not None and self.gradient_clip <= 0:
             raise ConfigError(f"'trainer.gradient_clip={self.gradient_clip}' must be positive or null.",
                               key="trainer.gradient_clip")
+        if self.checkpoint_every_n_epochs < 1:
+            raise ConfigError(f"'trainer.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs}' must be a "
+                              f"positive integer.", key="trainer.checkpoint_every_n_epochs")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError(f"'trainer.early_stopping_patience={self.early_stopping_patience}' must be a "
                               f"positive integer or null.", key="trainer.early_stopping_patience")
@@ -156,6 +161,7 @@ def fit(
     mode = monitor_mode(opts.monitor)
     autocast, scaler = autocast_for(device, opts.mixed_precision)
     log_every = getattr(logger, "log_every_n_steps", 0)
+    best_snapshot, best_written = None, True
     model.train()
 
     while state.epoch < opts.epochs and not _done(state, opts):
@@ -224,9 +230,15 @@ def fit(
         if opts.early_stopping_patience is not None and state.bad_epochs >= opts.early_stopping_patience:
             state.stopped_early = True
         snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
-        checkpoint.save(checkpoint_dir / "last.pt", snapshot)
         if is_best:
-            checkpoint.save(checkpoint_dir / "best.pt", snapshot)
+            # Kept in memory and written with the next checkpoint: many tiny epochs need not each hit the disk.
+            best_snapshot, best_written = copy.deepcopy(snapshot), False
+        finished = state.epoch >= opts.epochs or _done(state, opts)
+        if finished or state.epoch % opts.checkpoint_every_n_epochs == 0:
+            checkpoint.save(checkpoint_dir / "last.pt", snapshot)
+            if not best_written:
+                checkpoint.save(checkpoint_dir / "best.pt", best_snapshot)
+                best_written = True
         if progress is not None:
             progress.end_epoch(state.epoch, epoch_metrics, is_best)
         if state.stopped_early:

@@ -1,0 +1,100 @@
+"""Check command-line overrides before Hydra runs, so a typo gets one clear line with a suggestion.
+
+Hydra refuses unknown options and keys too, but with a search-path dump and no "did you mean";
+this check says which key, which value, what is valid and the closest match. Anything it cannot
+judge (sweeps over keys, the user's own groups) is left to Hydra.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from omegaconf import DictConfig, OmegaConf
+
+from dlrun.errors import ConfigError
+from dlrun.registry import closest
+
+CONFIG_PACKAGE = "dlrun.configs"
+
+
+def config_options(config_dir: str | None = None) -> dict[str, list[str]]:
+    """Every config group and its options: the shipped configs plus the user's --config-dir."""
+    roots = [resources.files(CONFIG_PACKAGE)]
+    if config_dir:
+        roots.append(Path(config_dir))
+    groups: dict[str, set[str]] = {}
+    for root in roots:
+        for group in root.iterdir():
+            if group.is_dir() and not group.name.startswith(("_", ".")) and group.name != "hydra":
+                names = {f.name[:-5] for f in group.iterdir() if f.name.endswith(".yaml")}
+                groups.setdefault(group.name, set()).update(names)
+    return {g: sorted(o) for g, o in groups.items()}
+
+
+def _suggest(value: str, valid: list[str]) -> str:
+    guess = closest(value, valid)
+    return f" Did you mean '{guess}'?" if guess else ""
+
+
+def _choices(override: Override) -> list[str]:
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [str(override.value())]
+
+
+def check(argv: list[str]) -> None:
+    """Raise ConfigError for an unknown group option or an unknown key among the overrides in argv."""
+    args = get_args_parser().parse_args(argv)
+    if args.help or args.hydra_help or args.shell_completion or args.info or args.config_name:
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception:
+        return  # a syntax error: Hydra's own message points at the character
+    groups = config_options(args.config_dir)
+    picked: list[str] = []
+    for o in overrides:
+        if o.key_or_group in groups and o.package is None and o.type is not OverrideType.DEL:
+            valid = groups[o.key_or_group]
+            for choice in _choices(o):
+                if choice not in valid and choice != "null":
+                    raise ConfigError(f"Unknown option '{o.key_or_group}={choice}'. Valid {o.key_or_group} options: "
+                                      f"{', '.join(valid)}.{_suggest(choice, valid)}", key=o.key_or_group)
+            picked.append(f"{o.key_or_group}={_choices(o)[0]}")
+    cfg = _compose(picked, args.config_dir)
+    if cfg is None:
+        return
+    for o in overrides:
+        key = o.key_or_group
+        if o.type is not OverrideType.CHANGE or key in groups or key.startswith("hydra.") or o.package:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or leaf in parent:
+            continue
+        valid = [str(k) for k in parent.keys()]
+        where = f"'{parent_key}'" if parent_key else "the top level"
+        raise ConfigError(
+            f"Unknown key '{key}' (value {_choices(o)[0]!r}). Valid keys in {where}: {', '.join(valid)}."
+            f"{_suggest(leaf, valid)} (To add a key that is not in the config, write +{key}=...)", key=key
+        )
+
+
+def _compose(overrides: list[str], config_dir: str | None) -> DictConfig | None:
+    """The config as the chosen options make it, without the key overrides; None if it does not compose."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if config_dir:
+        overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
+    try:
+        with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
