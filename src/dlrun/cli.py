@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -64,11 +65,17 @@ def resume_arguments(args: list[str]) -> list[str]:
     given_keys = {_override_key(a) for a in given if "=" in a}
     original = [o for o in yaml.safe_load(saved.read_text()) or []
                 if _override_key(o) not in given_keys | {"resume", "hydra.run.dir"}]
-    return original + given + [f"hydra.run.dir={run_dir.resolve()}", f"resume={run_dir.resolve()}"]
+    # hydra.output_subdir=null: Hydra must not rewrite the run's .hydra/ before the new overrides are checked;
+    # run() records them itself once the config has proved valid.
+    return original + given + [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null",
+                               f"resume={run_dir.resolve()}"]
 
 
 def main() -> None:
     """Console script `dl-run`."""
+    # A `_target_: my_module.build` names code in the directory the user runs from, as `python -m` would see it.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
         preflight.check(sys.argv[1:])

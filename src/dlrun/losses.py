@@ -62,9 +62,19 @@ def _classification(name: str, info: DataInfo, binary: bool) -> None:
 
 
 class MSLELoss(nn.Module):
-    """Mean squared logarithmic error: (log(1+y) - log(1+ŷ))² (course 2 §4.1)."""
+    """Mean squared logarithmic error: (log(1+y) - log(1+ŷ))² (course 2 §4.1).
+
+    It is taken in the target's original units: when the dataset standardised the target for
+    training, prediction and target are scaled back first (a log of standardised values means nothing).
+    """
+
+    def __init__(self, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean if mean is not None else torch.zeros(1))
+        self.register_buffer("std", std if std is not None else torch.ones(1))
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output, target = output * self.std + self.mean, target * self.std + self.mean
         # Clamp the prediction: log1p is undefined below -1 and the loss assumes non-negative values.
         return nn.functional.mse_loss(torch.log1p(output.clamp_min(0)), torch.log1p(target))
 
@@ -92,15 +102,15 @@ def build_huber(info: DataInfo, delta: float = 1.0) -> Loss:
 @LOSSES.register("msle")
 def build_msle(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
     _regression("msle", info)
-    if train_targets is not None and bool((train_targets < 0).any()):
-        hint = (" They are standardised (dataset.standardize_target=true), which makes some negative: set "
-                "dataset.standardize_target=false." if info.target_mean is not None else "")
-        raise ConfigError(
-            f"'loss=msle' needs non-negative targets (it takes their logarithm), but dataset '{info.name}' has "
-            f"negative ones (min {float(train_targets.min()):.3g}).{hint} Otherwise use loss=mse, mae or huber.",
-            key="loss",
-        )
-    return Loss(MSLELoss(), "msle", info.target_dim)
+    module = MSLELoss(info.target_mean, info.target_std)
+    if train_targets is not None:
+        original = train_targets.cpu() * module.std + module.mean
+        if bool((original < 0).any()):
+            raise ConfigError(
+                f"'loss=msle' needs non-negative targets (it takes their logarithm), but dataset '{info.name}' has "
+                f"negative ones (min {float(original.min()):.3g}). Use loss=mse, mae or huber.", key="loss",
+            )
+    return Loss(module, "msle", info.target_dim)
 
 
 @LOSSES.register("bce")

@@ -117,6 +117,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     cfg = OmegaConf.to_container(cfg_node, resolve=True)
     started = time.perf_counter()
     exp = Experiment(cfg, run_dir)
+    if cfg.get("resume"):
+        record_config(run_dir, cfg_node, overrides)
     checkpoint_dir = run_dir / "checkpoints"
     generator = torch.Generator().manual_seed(cfg["seed"])
     state = None
@@ -182,6 +184,13 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     console.console.print(f"\nRun directory: {run_dir}\nOpen the curves:  tensorboard --logdir {run_dir}",
                           soft_wrap=True)
     return metrics
+
+
+def record_config(run_dir: Path, cfg_node: DictConfig, overrides: list[str]) -> None:
+    """Update .hydra/config.yaml and overrides.yaml of a resumed run, as Hydra writes them for a new one."""
+    hydra_dir = run_dir / ".hydra"
+    OmegaConf.save(cfg_node, hydra_dir / "config.yaml")
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def remove_unfinished(run_dir: Path) -> None:

@@ -25,9 +25,9 @@ from dlrun.optim import Schedule
 class TrainerOptions:
     """The `trainer` config group, checked key by key against these types."""
 
-    epochs: int = 30
+    epochs: int = 50
     max_steps: int | None = None  # stop after this many optimiser steps, whatever the epoch
-    batch_size: int | str = 64  # an integer, or "full" for full-batch gradient descent (course 2 §1.1)
+    batch_size: int | str = 32  # an integer, or "full" for full-batch gradient descent (course 2 §1.1)
     eval_batch_size: int = 4096
     device: str = "auto"  # auto = cuda, then mps, then cpu
     deterministic: bool = False
