@@ -31,6 +31,8 @@ def _train(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg, run_dir, overrides)
     except (ConfigError, FloatingPointError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # the user asked for the whole stack trace
         console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
         if not cfg.get("resume"):
             remove_unfinished(run_dir)
@@ -80,6 +82,8 @@ def main() -> None:
         sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
         preflight.check(sys.argv[1:])
     except ConfigError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         console.print_error(str(err))
         sys.exit(2)
     _train()

@@ -198,7 +198,10 @@ def fit(
             running_loss += loss.detach()
             if log_every and state.step % log_every == 0:
                 # One device sync per log interval, not per step.
-                logger.scalars({"train/loss_step": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, state.step)
+                step_values = {"train/loss_step": loss.item()}
+                if schedule.interval == "step" and schedule.scheduler is not None:
+                    step_values["lr"] = optimizer.param_groups[0]["lr"]  # changes within the epoch
+                logger.scalars(step_values, state.step)
             if progress is not None:
                 progress.advance(loss, state.step)
             if _done(state, opts):
@@ -218,7 +221,8 @@ def fit(
                          "lr": optimizer.param_groups[0]["lr"]}
         state.history.append({"epoch": state.epoch, "step": state.step, **epoch_metrics})
         logger.scalars({"train/loss_epoch": train_loss, **{f"val/{k}": v for k, v in val.items()},
-                        "epoch": state.epoch}, state.step)
+                        "epoch": state.epoch, **({} if schedule.interval == "step" and schedule.scheduler else
+                                                 {"lr": epoch_metrics["lr"]})}, state.step)
         monitored = epoch_metrics.get(opts.monitor)
         schedule.step("epoch", monitored)
 

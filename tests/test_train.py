@@ -1,0 +1,91 @@
+"""The training loop in-process, on the real configs shrunk for speed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config
+from dlrun import checkpoint
+from dlrun.run import run
+
+
+def train(tmp_path, *overrides: str) -> dict:
+    cfg = OmegaConf.create(compose_config("trainer.progress=false", "trainer.device=cpu", *overrides))
+    return run(cfg, tmp_path, list(overrides))
+
+
+def test_batch_size_sets_the_number_of_steps(tmp_path):
+    full = train(tmp_path / "full", "dataset=iris", "trainer.batch_size=full", "trainer.epochs=4")
+    assert full["steps"] == 4  # full-batch gradient descent: one step per epoch
+    sgd = train(tmp_path / "one", "dataset=iris", "trainer.batch_size=1", "trainer.epochs=1")
+    n_train = 150 - round(150 * 0.15) - round(150 * 0.2)  # iris: 150 flowers, 15% val, 20% test
+    assert sgd["steps"] == n_train  # stochastic: one step per sample
+    mini = train(tmp_path / "mini", "dataset=iris", "trainer.batch_size=16", "trainer.epochs=2")
+    assert mini["steps"] == 2 * -(-sgd["steps"] // 16)
+
+
+def test_max_steps_stops_mid_epoch(tmp_path):
+    out = train(tmp_path, "trainer.max_steps=7", "trainer.epochs=100")
+    assert out["steps"] == 7 and out["epochs_run"] == 1
+
+
+def test_early_stopping_stops_when_the_monitor_stalls(tmp_path):
+    out = train(tmp_path, "dataset=iris", "optimizer.lr=0.000001", "trainer.epochs=200",
+                "trainer.early_stopping_patience=2", "trainer.monitor=val/accuracy")
+    assert out["stopped_early"] and out["epochs_run"] < 200
+    assert out["epochs_run"] - out["best"]["epoch"] == 2
+
+
+def test_the_test_split_is_scored_with_the_best_checkpoint(tmp_path):
+    out = train(tmp_path, "dataset=iris", "trainer.epochs=15", "optimizer.lr=0.05")
+    best = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
+    assert best["train_state"]["epoch"] == out["best"]["epoch"]
+    assert out["evaluation"]["val"]["loss"] == pytest.approx(out["best"]["value"], rel=1e-5)
+
+
+def test_same_seed_gives_the_same_weights_and_another_seed_does_not(tmp_path):
+    a = train(tmp_path / "a", "dataset=moons", "trainer.epochs=2", "trainer.deterministic=true")
+    b = train(tmp_path / "b", "dataset=moons", "trainer.epochs=2", "trainer.deterministic=true")
+    c = train(tmp_path / "c", "dataset=moons", "trainer.epochs=2", "seed=1")
+    weights = lambda d: checkpoint.load(d / "checkpoints" / "last.pt")["model"]  # noqa: E731
+    wa, wb, wc = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert a["history"] == b["history"] and a["history"] != c["history"]
+
+
+@pytest.mark.parametrize("scheduler,check", [
+    ("cosine", lambda lrs: lrs[-1] < 1e-5 and lrs[0] > lrs[-1]),
+    ("step scheduler.step_size=2 scheduler.gamma=0.5", lambda lrs: lrs == [1e-3, 1e-3, 5e-4, 5e-4]),
+    ("none", lambda lrs: lrs == [1e-3] * 4),
+    ("warmup_cosine scheduler.warmup_fraction=0.5", lambda lrs: lrs[1] > lrs[0] and lrs[-1] < lrs[1]),
+])
+def test_schedulers_step_at_their_cadence(tmp_path, scheduler, check):
+    name, *keys = scheduler.split()
+    out = train(tmp_path, f"scheduler={name}", *keys, "trainer.epochs=4", "dataset=iris")
+    lrs = [round(h["lr"], 12) for h in out["history"]]  # the rate each epoch trained with
+    assert check(lrs), lrs
+
+
+def test_gradient_clipping_and_every_optimizer_train(tmp_path):
+    for optimizer in ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"):
+        out = train(tmp_path / optimizer, f"optimizer={optimizer}", "dataset=moons", "trainer.epochs=3",
+                    "trainer.gradient_clip=1.0")
+        assert out["history"][-1]["train/loss"] < out["history"][0]["train/loss"] * 1.05, optimizer
+
+
+def test_a_diverging_loss_stops_with_the_likely_cause(tmp_path):
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        train(tmp_path, "dataset=diabetes", "model=linear", "optimizer=sgd", "optimizer.lr=1000",
+              "dataset.standardize_target=false", "trainer.epochs=5")
+
+
+def test_linear_regression_approaches_the_true_weights(tmp_path):
+    out = train(tmp_path, "dataset=linear", "model=linear", "optimizer=sgd", "optimizer.lr=0.1", "trainer.epochs=100",
+                "trainer.batch_size=full")
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")["model"]
+    ls = out["least_squares"]["weights"]
+    assert state["1.weight"].flatten().tolist() == pytest.approx(sum(ls["W"], []), abs=0.05)
+    assert state["1.bias"].tolist() == pytest.approx(ls["b"], abs=0.05)
