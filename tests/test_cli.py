@@ -24,6 +24,7 @@ def test_default_run_reaches_95_percent_and_prints_the_tensorboard_command(dl_ru
     metrics = result.metrics()
     assert metrics["test"]["accuracy"] >= 0.95
     assert metrics["dataset"] == "digits" and metrics["status"] == "completed"
+    assert metrics["verdict"]["case"] == "healthy" and "curves: healthy" in result.stdout
     assert f"tensorboard --logdir {result.run_dirs()[0]}" in result.stdout
     assert "Total" in result.stdout and "17,226 parameters" in result.stdout  # the model summary
 
@@ -56,6 +57,7 @@ def test_run_writes_events_hparams_checkpoints_and_metrics(dl_run):
             hparams = dict(data.session_start_info.hparams)
     assert hparams["optimizer.lr"].number_value == pytest.approx(0.01)
     assert hparams["model.name"].string_value == "mlp"
+    assert any(tag.startswith("diagnosis/verdict") for tag in events.Tags()["tensors"])  # the Text tab
 
 
 def test_resume_continues_from_the_saved_step(dl_run):
@@ -92,9 +94,11 @@ def test_init_zeros_stays_at_chance_while_he_learns(dl_run):
     result = dl_run("-m", "init=zeros,he_normal", "model=mlp", "dataset=digits", "trainer.epochs=10",
                     "trainer.progress=false")
     assert result.code == 0, result.output
-    accuracy = {d.name.split("init=")[1].split(",")[0]: json.loads((d / "metrics.json").read_text())["test"]["accuracy"]
-                for d in result.run_dirs()}
+    metrics = {d.name.split("init=")[1].split(",")[0]: json.loads((d / "metrics.json").read_text())
+               for d in result.run_dirs()}
+    accuracy = {init: m["test"]["accuracy"] for init, m in metrics.items()}
     assert accuracy["zeros"] < 0.2
+    assert metrics["zeros"]["verdict"]["case"] == "underfitting"
     assert accuracy["he_normal"] > 0.9
 
 
@@ -105,6 +109,9 @@ def test_polynomial_capacity_train_error_falls_test_error_rises(dl_run):
         assert result.code == 0, result.output
         metrics = result.metrics()
         rmse[degree] = (metrics["evaluation"]["train"]["rmse"], metrics["test"]["rmse"])
+        if degree == 15:
+            assert metrics["verdict"]["case"] == "overfitting" and "curves: overfitting" in result.stdout
+            assert metrics["verdict"]["numbers"]["val_rise"] > 1
         assert "closed-form least squares" in result.stdout
         for d in result.run_dirs():
             (d / "metrics.json").rename(d / f"metrics-{degree}.json")  # one metrics.json at a time

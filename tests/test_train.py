@@ -89,3 +89,9 @@ def test_linear_regression_approaches_the_true_weights(tmp_path):
     ls = out["least_squares"]["weights"]
     assert state["1.weight"].flatten().tolist() == pytest.approx(sum(ls["W"], []), abs=0.05)
     assert state["1.bias"].tolist() == pytest.approx(ls["b"], abs=0.05)
+
+
+def test_a_huge_learning_rate_gets_the_divergence_verdict(tmp_path):
+    out = train(tmp_path, "optimizer.lr=50", "trainer.epochs=8")
+    assert out["verdict"]["case"] == "divergence"
+    assert out["verdict"]["numbers"]["train_last"] > out["verdict"]["numbers"]["chance_loss"]

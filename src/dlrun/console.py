@@ -23,6 +23,22 @@ def print_error(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {message}", markup=True)
 
 
+def print_warning(message: str) -> None:
+    console.print(f"[bold yellow]Warning:[/] {message}", soft_wrap=True)
+
+
+def verdict_panel(verdict) -> None:
+    """The loss-curve verdict (course 2 §4.2) with its numbers and the course's remedies."""
+    from rich.panel import Panel
+
+    color = "green" if verdict.case == "healthy" else "yellow"
+    numbers = ", ".join(f"{k} {_fmt(v) if isinstance(v, float) else v}" for k, v in verdict.numbers.items())
+    body = f"{verdict.summary}\n[dim]based on: {numbers}[/]"
+    if verdict.remedies:
+        body += "\n" + "\n".join(f"- {r}" for r in verdict.remedies)
+    console.print(Panel(body, title=f"[bold {color}]curves: {verdict.case}[/]", title_align="left"))
+
+
 def config_tree(cfg: Mapping[str, Any]) -> None:
     tree = Tree("[bold]config[/]")
 

@@ -24,6 +24,10 @@ class TensorBoardLogger:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """A note in the Text tab (markdown)."""
+        self.writer.add_text(tag, markdown, step)
+
     def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
         """The HParams tab: this run's settings beside its final metrics (same run, no sub-folder)."""
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
@@ -48,6 +52,9 @@ class NullLogger:
         pass
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def text(self, tag: str, markdown: str, step: int) -> None:
         pass
 
     def close(self) -> None:

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from dlrun import checkpoint, console
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS
+from dlrun.diagnostics.curves import chance_loss, diagnose
+from dlrun.diagnostics.startup import initial_loss_check
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
 from dlrun.logger import LOGGERS
@@ -133,6 +135,13 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     console.console.print(f"device {exp.device}, {len(exp.splits.x_train)} train / {len(exp.splits.x_val)} val / "
                           f"{len(exp.splits.x_test)} test samples, task {exp.info.task}, loss {exp.loss.name}")
 
+    chance = chance_loss(exp.loss, exp.data.splits.y_train, exp.info.num_classes)
+    initial, warning = initial_loss_check(exp.model, exp.loss, exp.splits.x_train[:1024], exp.splits.y_train[:1024],
+                                          chance, exp.info.num_classes)
+    if state is None:
+        console.console.print(f"initial loss {initial:.4f} (a constant prediction scores {chance:.4f})")
+        if warning:
+            console.print_warning(warning)
     logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir, purge_step=state.step + 1 if state else None)
     extra = {"config": OmegaConf.to_yaml(cfg_node, resolve=True)}
     try:
@@ -147,6 +156,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
                    for split in ("train", "val", "test")}
         final_metrics = {f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}
         logger.hparams(hparams_of(cfg, overrides), {f"hparam/{k}": v for k, v in final_metrics.items()}, state.step)
+        verdict = diagnose([h["train/loss"] for h in state.history], [h["val/loss"] for h in state.history], chance)
+        logger.text("diagnosis/verdict", verdict.markdown(), state.step)
     finally:
         logger.close()
 
@@ -156,12 +167,16 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         reference = least_squares(exp.data.splits, exp.info, cfg["model"].get("degree", 1),
                                   cfg["model"].get("basis", "monomial"))
 
-    console.results_table(results, title=f"results (best epoch {state.best_epoch}, checkpoint {best_path.name})")
+    console.console.print(f"Scored once, with the best checkpoint ({best_path.name}, epoch {state.best_epoch}):")
+    console.results_table(results, title="results")
     if reference is not None:
         console.results_table({k: v for k, v in reference.items() if k != "weights"},
                               title="closed-form least squares on the same features (course 1 §5.1)")
+    console.verdict_panel(verdict)
     metrics = {
         "status": "completed",
+        "verdict": verdict.as_dict(),
+        "initial_loss": {"value": initial, "chance": chance, "warning": warning},
         "task": exp.info.task,
         "dataset": exp.info.name,
         "epochs_run": state.epoch,

@@ -1,0 +1,175 @@
+"""The loss-curve verdict of course 2 §4.2: which case the training and validation curves fall into.
+
+Every verdict carries the numbers it was based on, so the learner can check it against the curves.
+The thresholds are deliberately conservative: "healthy" unless a case is clear.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from dlrun.losses import Loss
+
+
+@dataclass
+class Verdict:
+    case: str  # one of CASES
+    summary: str  # what the curves show
+    remedies: list[str]  # what the course suggests
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"case": self.case, "summary": self.summary, "remedies": self.remedies, "numbers": self.numbers}
+
+    def markdown(self) -> str:
+        numbers = ", ".join(f"{k} = {_fmt(v)}" for k, v in self.numbers.items())
+        remedies = "".join(f"\n- {r}" for r in self.remedies)
+        return f"**{self.case}**: {self.summary}\n\nBased on: {numbers}{remedies}"
+
+
+CASES = ("divergence", "stopped too early", "underfitting", "overfitting", "validation levels off",
+         "unrepresentative training set", "unrepresentative validation set", "healthy")
+
+# How far a curve must move to count as moving, as a fraction of its level.
+STILL_FALLING = 0.05
+FLAT = 0.05
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    """A trailing moving average, so one noisy epoch does not decide a verdict."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _relative_drop(values: list[float], start: int) -> float:
+    """(value at start - last value) / value at start; positive when the curve fell."""
+    first, last = values[start], values[-1]
+    return (first - last) / abs(first) if first else 0.0
+
+
+def _roughness(values: list[float]) -> float:
+    """Mean absolute epoch-to-epoch change relative to the mean level."""
+    if len(values) < 3:
+        return 0.0
+    diffs = [abs(b - a) for a, b in zip(values, values[1:])]
+    level = sum(abs(v) for v in values) / len(values)
+    return (sum(diffs) / len(diffs)) / level if level else 0.0
+
+
+def diagnose(train: list[float], val: list[float], chance: float) -> Verdict:
+    """Classify per-epoch training and validation losses; `chance` is the loss of a constant prediction."""
+    n = len(train)
+    if n == 0:
+        return Verdict("healthy", "no epoch finished, nothing to judge.", [], {})
+    if not all(math.isfinite(v) for v in train + val):
+        return Verdict("divergence", "the loss became NaN or infinite.",
+                       ["lower the learning rate (optimizer.lr)", "use a scheduler with warm-up",
+                        "clip gradients (trainer.gradient_clip)", "try another optimizer (adam)"],
+                       {"epochs": n})
+    if n < 3:
+        return Verdict("too few epochs", f"{n} epoch(s) are too few to read a curve.",
+                       ["train for at least 3 epochs (trainer.epochs) to get a verdict"], {"epochs": n})
+    window = max(1, n // 20)
+    t, v = _smooth(train, window), _smooth(val, window)
+    tail = n - max(2, n // 5)  # start of the last 20% of epochs (at least 2)
+    numbers = {"epochs": n, "train_first": train[0], "train_last": train[-1], "val_last": val[-1],
+               "chance_loss": chance}
+
+    # Divergence or too-large momentum: worse than a constant prediction, or rising again after a while.
+    t_min = min(t)
+    t_min_epoch = t.index(t_min) + 1
+    if t[-1] > 1.05 * chance or (t[-1] > 1.5 * t_min and t_min_epoch < n):
+        return Verdict(
+            "divergence",
+            "the training loss ends above the loss of a constant prediction, or rose again after a while: the "
+            "steps overshoot (too large a learning rate, or too large a momentum).",
+            ["lower the learning rate (optimizer.lr)", "lower the momentum (optimizer.momentum)",
+             "add a scheduler (scheduler=cosine or step)", "try another optimizer (optimizer=adam)"],
+            {**numbers, "train_min": t_min, "train_min_epoch": t_min_epoch},
+        )
+
+    t_drop_tail, v_drop_tail = _relative_drop(t, tail), _relative_drop(v, tail)
+    v_min = min(v)
+    v_min_epoch = v.index(v_min) + 1
+    numbers.update(train_drop_last_20pct=t_drop_tail, val_drop_last_20pct=v_drop_tail, val_min=v_min,
+                   val_min_epoch=v_min_epoch)
+
+    if t_drop_tail > STILL_FALLING and v_drop_tail > STILL_FALLING and v[-1] <= v_min * 1.01:
+        return Verdict("stopped too early",
+                       "both curves were still falling when training stopped.",
+                       ["train longer (trainer.epochs)", "raise the learning rate (optimizer.lr)"], numbers)
+
+    flat_start = max(0, n - max(2, (3 * n) // 10))
+    t_change_flat = abs(_relative_drop(t, flat_start))
+    if t[-1] > 0.3 * chance and t_change_flat < FLAT:
+        return Verdict("underfitting",
+                       "the training loss is flat at a high value: the model cannot fit even the training data.",
+                       ["more capacity (wider or deeper model.hidden, a higher model.degree)",
+                        "train longer or with a higher learning rate", "check the initialisation (init=he_normal)",
+                        "more informative features or data"],
+                       {**numbers, "train_last_over_chance": t[-1] / chance, "train_change_last_30pct": t_change_flat})
+
+    t_at_vmin = t[v_min_epoch - 1]
+    if v[-1] > 1.2 * v_min and v_min_epoch < 0.8 * n and t[-1] < t_at_vmin:
+        return Verdict("overfitting",
+                       "the validation loss rises while the training loss keeps falling: the model learns the "
+                       "training points by heart.",
+                       ["less capacity (smaller model, lower model.degree)", "a lower learning rate",
+                        "dropout (model.dropout)", "weight decay (optimizer.weight_decay)",
+                        "data augmentation", "early stopping (trainer.early_stopping_patience)"],
+                       {**numbers, "val_rise": v[-1] / v_min - 1, "train_at_val_min": t_at_vmin})
+
+    if v_min_epoch < 0.5 * n and t[-1] < 0.5 * t_at_vmin:
+        return Verdict("validation levels off",
+                       "the validation loss stopped improving in the first half of training while the training "
+                       "loss kept falling.",
+                       ["more data", "another architecture"], {**numbers, "train_at_val_min": t_at_vmin})
+
+    gap = (v[-1] - t[-1]) / chance if chance else 0.0
+    if gap > 0.2 and _relative_drop(t, 0) > 0.2 and _relative_drop(v, 0) > 0.2:
+        return Verdict("unrepresentative training set",
+                       "both curves improve but a large gap remains between them: the training set does not "
+                       "represent the validation data well.",
+                       ["more (or more varied) training data", "check how the splits are made"],
+                       {**numbers, "gap_over_chance": gap})
+
+    half = n // 2
+    v_rough, t_rough = _roughness(val[half:]), _roughness(train[half:])
+    if n >= 10 and v_rough > 0.15 and v_rough > 4 * max(t_rough, 1e-12):
+        return Verdict("unrepresentative validation set",
+                       "the validation loss oscillates around a smooth training curve: the validation set is too "
+                       "small or unlike the training data.",
+                       ["a larger validation split (dataset.val_fraction)", "check how the splits are made"],
+                       {**numbers, "val_roughness": v_rough, "train_roughness": t_rough})
+
+    return Verdict("healthy", "both curves fell and levelled off together; nothing the course warns about.", [],
+                   numbers)
+
+
+def chance_loss(loss: Loss, targets: torch.Tensor, num_classes: int | None) -> float:
+    """The loss of the best constant prediction (class frequencies, or the mean target): the level of
+    a model that learned nothing from the inputs."""
+    targets = targets.cpu()
+    with torch.no_grad():
+        if num_classes is None:  # regression: predict the training mean
+            output = targets.float().mean(dim=0, keepdim=True).expand_as(targets)
+        elif loss.binary:
+            p = targets.float().mean().clamp(1e-6, 1 - 1e-6)
+            value = p if loss.output_activation == "sigmoid" else torch.log(p / (1 - p))
+            output = value.expand(len(targets), 1)
+        else:
+            prior = torch.bincount(targets, minlength=num_classes).float().clamp_min(1) / len(targets)
+            output = prior.log().expand(len(targets), num_classes)
+        return float(loss(output, targets))
