@@ -95,3 +95,27 @@ def test_a_huge_learning_rate_gets_the_divergence_verdict(tmp_path):
     out = train(tmp_path, "optimizer.lr=50", "trainer.epochs=8")
     assert out["verdict"]["case"] == "divergence"
     assert out["verdict"]["numbers"]["train_last"] > out["verdict"]["numbers"]["chance_loss"]
+
+
+def _gradient_run(tmp_path, activation: str, init: str) -> dict:
+    return train(tmp_path, "model.hidden=[32,32,32,32,32,32,32,32]", f"model.activation={activation}", f"init={init}",
+                 "trainer.epochs=1", "trainer.max_steps=20", "logger.gradients_every_n_steps=5")
+
+
+def test_vanishing_gradients_are_reported_for_deep_sigmoid_not_for_relu_he(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sigmoid = _gradient_run(tmp_path / "sigmoid", "sigmoid", "xavier_uniform")
+    assert sigmoid["gradient_flow"]["warning"] and "Vanishing gradients" in sigmoid["gradient_flow"]["warning"]
+    assert sigmoid["gradient_flow"]["first_over_last_median"] < 1e-3
+    relu = _gradient_run(tmp_path / "relu", "relu", "he_normal")
+    assert relu["gradient_flow"]["warning"] is None and relu["gradient_flow"]["first_over_last_median"] > 0.1
+
+    events = EventAccumulator(str(tmp_path / "sigmoid" / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    layers = [t for t in scalars if t.startswith("gradient_norm/") and not t.endswith("first_over_last")]
+    assert len(layers) == 9  # eight hidden layers and the output layer
+    assert {"activations/2/mean", "activations/2/std", "activations/2/dead_fraction"} <= scalars
+    assert [e.step for e in events.Scalars("gradient_norm/first_over_last")][:2] == [5, 10]
+    assert any(t.startswith("gradients/") for t in events.Tags()["histograms"])

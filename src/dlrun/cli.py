@@ -19,6 +19,8 @@ from dlrun.errors import ConfigError
 _failures: list[str] = []
 _finished: list[tuple[str, dict]] = []
 _sweep_dirs: set[str] = set()
+# Overrides that change how a run looks, not what it computes: left out of the names of sweep rows.
+QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
 
 
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
@@ -39,7 +41,8 @@ def _train(cfg: DictConfig) -> float | None:
         _failures.append(str(err))
         return None
     row = {"train loss": metrics["evaluation"]["train"]["loss"], **{f"test {k}": v for k, v in metrics["test"].items()}}
-    _finished.append((" ".join(overrides) or "(defaults)", row))
+    shown = [o for o in overrides if _override_key(o) not in QUIET_KEYS]
+    _finished.append((" ".join(shown) or "(defaults)", row))
     if hydra_cfg.mode is RunMode.MULTIRUN:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
     test = metrics["test"]

@@ -15,9 +15,12 @@ LOGGERS = Registry("logger")
 class TensorBoardLogger:
     """Writes event files under the run directory; one folder per run, so sweeps compare side by side."""
 
-    def __init__(self, log_dir: Path, log_every_n_steps: int = 10, purge_step: int | None = None) -> None:
+    def __init__(self, log_dir: Path, log_every_n_steps: int = 10, purge_step: int | None = None,
+                 gradients_every_n_steps: int = 0, histograms: bool = True) -> None:
         self.log_dir = Path(log_dir)
         self.log_every_n_steps = log_every_n_steps
+        self.gradients_every_n_steps = gradients_every_n_steps
+        self.histograms = histograms
         self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -27,6 +30,9 @@ class TensorBoardLogger:
     def text(self, tag: str, markdown: str, step: int) -> None:
         """A note in the Text tab (markdown)."""
         self.writer.add_text(tag, markdown, step)
+
+    def histogram(self, tag: str, values, step: int) -> None:
+        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
         """The HParams tab: this run's settings beside its final metrics (same run, no sub-folder)."""
@@ -46,6 +52,8 @@ class NullLogger:
     """Logs nothing: for quick runs where no event file is wanted."""
 
     log_every_n_steps = 0
+    gradients_every_n_steps = 0
+    histograms = False
     log_dir = None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -57,20 +65,29 @@ class NullLogger:
     def text(self, tag: str, markdown: str, step: int) -> None:
         pass
 
+    def histogram(self, tag: str, values, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 @LOGGERS.register("tensorboard")
 def build_tensorboard(run_dir: Path, purge_step: int | None = None, subdir: str = "tb",
-                      log_every_n_steps: int = 10) -> TensorBoardLogger:
-    """Event files in <run dir>/<subdir>; training loss every log_every_n_steps steps."""
+                      log_every_n_steps: int = 10, gradients_every_n_steps: int = 100,
+                      histograms: bool = True) -> TensorBoardLogger:
+    """Event files in <run dir>/<subdir>; training loss every log_every_n_steps steps; per-layer gradient
+    norms and activation statistics every gradients_every_n_steps steps (0 = off)."""
     from dlrun.errors import ConfigError
 
     if log_every_n_steps < 1:
         raise ConfigError(f"'logger.log_every_n_steps={log_every_n_steps}' must be at least 1.",
                           key="logger.log_every_n_steps")
-    return TensorBoardLogger(Path(run_dir) / subdir, log_every_n_steps, purge_step)
+    if gradients_every_n_steps < 0:
+        raise ConfigError(f"'logger.gradients_every_n_steps={gradients_every_n_steps}' must be 0 (off) or positive.",
+                          key="logger.gradients_every_n_steps")
+    return TensorBoardLogger(Path(run_dir) / subdir, log_every_n_steps, purge_step, gradients_every_n_steps,
+                             histograms)
 
 
 @LOGGERS.register("none")

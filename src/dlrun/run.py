@@ -17,6 +17,7 @@ from dlrun import checkpoint, console
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS
 from dlrun.diagnostics.curves import chance_loss, diagnose
+from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import initial_loss_check
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
@@ -144,10 +145,16 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
             console.print_warning(warning)
     logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir, purge_step=state.step + 1 if state else None)
     extra = {"config": OmegaConf.to_yaml(cfg_node, resolve=True)}
+    monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
+               if logger.gradients_every_n_steps else None)
     try:
         with console.EpochProgress(exp.opts.progress) as progress:
             state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-                        logger, checkpoint_dir, extra, exp.augment, progress, state, generator)
+                        logger, checkpoint_dir, extra, exp.augment, progress, state, generator, monitor)
+        vanishing = monitor.vanishing_warning() if monitor is not None else None
+        if vanishing:
+            console.print_warning(vanishing)
+            logger.text("diagnosis/gradient_flow", vanishing, state.step)
 
         # Test once, after training, on the best checkpoint (course 1 §6).
         best_path = checkpoint_dir / ("best.pt" if (checkpoint_dir / "best.pt").exists() else "last.pt")
@@ -159,6 +166,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         verdict = diagnose([h["train/loss"] for h in state.history], [h["val/loss"] for h in state.history], chance)
         logger.text("diagnosis/verdict", verdict.markdown(), state.step)
     finally:
+        if monitor is not None:
+            monitor.close()
         logger.close()
 
     reference = None
@@ -177,6 +186,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         "status": "completed",
         "verdict": verdict.as_dict(),
         "initial_loss": {"value": initial, "chance": chance, "warning": warning},
+        "gradient_flow": {"first_over_last_median": sorted(monitor.ratios)[len(monitor.ratios) // 2]
+                          if monitor is not None and monitor.ratios else None, "warning": vanishing},
         "task": exp.info.task,
         "dataset": exp.info.name,
         "epochs_run": state.epoch,

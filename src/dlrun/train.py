@@ -151,6 +151,7 @@ def fit(
     progress: Any = None,
     state: TrainState | None = None,
     generator: torch.Generator | None = None,
+    monitor: Any = None,
 ) -> TrainState:
     """Train for opts.epochs (or opts.max_steps), validating every epoch and checkpointing last and best."""
     state = state or TrainState()
@@ -176,6 +177,8 @@ def fit(
             xb, yb = x_train[idx], y_train[idx]
             if augment is not None:
                 xb = augment(xb)
+            if monitor is not None:
+                monitor.before_forward(state.step + 1)
             with autocast:
                 output = model(xb)
                 loss = loss_fn(output.float(), yb)
@@ -185,6 +188,8 @@ def fit(
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
+            if monitor is not None:
+                monitor.after_backward(state.step + 1)  # gradient flow, before clipping changes it
             if opts.gradient_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), opts.gradient_clip)
             if scaler is not None:
