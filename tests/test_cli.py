@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import TINY
+from dlrun.diagnostics.curves import CASES
 
 
 def read_events(tb_dir: Path) -> EventAccumulator:
@@ -86,8 +88,27 @@ def test_multirun_makes_one_directory_per_job_named_by_overrides(dl_run):
     assert len({d.parent for d in dirs}) == 1  # one sweep directory holds them all
     for d in dirs:
         assert read_events(d / "tb").Tags()["scalars"]
-    assert "sweep: test metrics of 4 finished job(s)" in result.stdout
+    assert "sweep: 4 finished job(s), best first" in result.stdout
     assert f"tensorboard --logdir {dirs[0].parent}" in result.stdout
+    sweep_dir = dirs[0].parent
+    with (sweep_dir / "summary.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 4 and all(row["status"] == "completed" for row in table)
+    values = [float(row["val/loss"]) for row in table]
+    assert values == sorted(values)  # sorted by the monitored metric, best first
+    assert {row["verdict"] for row in table} <= set(CASES) | {"too few epochs"}
+    assert (sweep_dir / "summary.md").read_text().count("| optimizer=") == 4
+    assert (sweep_dir / "val_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failed_job_is_recorded_and_the_others_finish(dl_run):
+    result = dl_run("-m", "optimizer.lr=0.01,-1", *TINY)
+    assert result.code != 0
+    assert len(result.run_dirs()) == 1
+    with (result.run_dirs()[0].parent / "summary.csv").open() as handle:
+        table = {row["job"].split()[0]: row for row in csv.DictReader(handle)}
+    assert table["optimizer.lr=0.01"]["status"] == "completed"
+    assert table["optimizer.lr=-1"]["status"] == "failed" and "positive" in table["optimizer.lr=-1"]["error"]
 
 
 def test_init_zeros_stays_at_chance_while_he_learns(dl_run):

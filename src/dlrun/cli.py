@@ -16,8 +16,7 @@ from dlrun import console, preflight
 from dlrun.errors import ConfigError
 
 # What each job of this process ended with; a multirun keeps going past a bad job and reports at the end.
-_failures: list[str] = []
-_finished: list[tuple[str, dict]] = []
+_jobs: list = []  # sweep.JobResult, one per job
 _sweep_dirs: set[str] = set()
 # Overrides that change how a run looks, not what it computes: left out of the names of sweep rows.
 QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
@@ -26,10 +25,14 @@ QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> float | None:
     from dlrun.run import remove_unfinished, run  # imported here so `dl-run --help` stays fast
+    from dlrun.sweep import JobResult
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    name = " ".join(o for o in overrides if _override_key(o) not in QUIET_KEYS) or "(defaults)"
+    if hydra_cfg.mode is RunMode.MULTIRUN:
+        _sweep_dirs.add(hydra_cfg.sweep.dir)
     try:
         metrics = run(cfg, run_dir, overrides)
     except (ConfigError, FloatingPointError) as err:
@@ -38,13 +41,9 @@ def _train(cfg: DictConfig) -> float | None:
         console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
         if not cfg.get("resume"):
             remove_unfinished(run_dir)
-        _failures.append(str(err))
+        _jobs.append(JobResult(name, str(run_dir), error=str(err)))
         return None
-    row = {"train loss": metrics["evaluation"]["train"]["loss"], **{f"test {k}": v for k, v in metrics["test"].items()}}
-    shown = [o for o in overrides if _override_key(o) not in QUIET_KEYS]
-    _finished.append((" ".join(shown) or "(defaults)", row))
-    if hydra_cfg.mode is RunMode.MULTIRUN:
-        _sweep_dirs.add(hydra_cfg.sweep.dir)
+    _jobs.append(JobResult(name, str(run_dir), metrics=metrics))
     test = metrics["test"]
     return test.get("accuracy", test.get("loss"))
 
@@ -76,6 +75,24 @@ def resume_arguments(args: list[str]) -> list[str]:
                                f"resume={run_dir.resolve()}"]
 
 
+def report_sweep(sweep_dir: Path) -> None:
+    """The sweep table in the terminal, and summary.csv, summary.md and val_curves.png beside the jobs."""
+    from dlrun import sweep
+
+    failed = sum(job.status == "failed" for job in _jobs)
+    table = sweep.rows(_jobs)
+    # The terminal gets the essentials; summary.csv has every column.
+    shown = {str(row["job"]): {k: v for k, v in row.items()
+                               if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
+             for row in table}
+    console.results_table(shown, title=f"sweep: {len(_jobs) - failed} finished job(s)"
+                          + (f", {failed} failed" if failed else "") + ", best first")
+    if sweep_dir.is_dir():
+        paths = sweep.write(sweep_dir, _jobs)
+        console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
+    console.console.print(f"Compare the runs:  tensorboard --logdir {sweep_dir.resolve()}", soft_wrap=True)
+
+
 def main() -> None:
     """Console script `dl-run`."""
     # A `_target_: my_module.build` names code in the directory the user runs from, as `python -m` would see it.
@@ -90,13 +107,9 @@ def main() -> None:
         console.print_error(str(err))
         sys.exit(2)
     _train()
-    if len(_finished) + len(_failures) > 1:
-        console.results_table({name: test for name, test in _finished},
-                              title=f"sweep: test metrics of {len(_finished)} finished job(s)"
-                                    + (f", {len(_failures)} failed" if _failures else ""))
-    for sweep_dir in _sweep_dirs:
-        console.console.print(f"Compare the runs:  tensorboard --logdir {Path(sweep_dir).resolve()}", soft_wrap=True)
-    if _failures:
+    if _sweep_dirs:
+        report_sweep(Path(next(iter(_sweep_dirs))))
+    if any(job.status == "failed" for job in _jobs):
         sys.exit(2)
 
 

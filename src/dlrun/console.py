@@ -120,13 +120,20 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}" if abs(value) < 1000 else f"{value:.4g}"
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return _fmt(value)
+    return "" if value is None else str(value)
+
+
 def results_table(results: Mapping[str, Mapping[str, float]], title: str = "results") -> None:
     """Rows are splits (train, val, test), columns are metrics."""
     metrics = list(dict.fromkeys(m for split in results.values() for m in split))
     table = Table(title=title, title_justify="left")
-    table.add_column("split" if set(results) <= {"train", "val", "test"} else "run")
+    table.add_column("split" if set(results) <= {"train", "val", "test"} else "run", no_wrap=True, max_width=70,
+                     overflow="fold")
     for metric in metrics:
         table.add_column(metric, justify="right")
     for split, values in results.items():
-        table.add_row(split, *(_fmt(values[m]) if m in values else "" for m in metrics))
+        table.add_row(split, *(_cell(values[m]) if m in values else "" for m in metrics))
     console.print(table)

@@ -1,0 +1,88 @@
+"""Figures drawn with matplotlib (imported only when a figure is drawn, so start-up stays fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """counts[true, predicted]."""
+    index = target.long().cpu() * num_classes + predicted.long().cpu()
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def confusion_figure(matrix: torch.Tensor, class_names: Sequence[str]):
+    """The confusion matrix as an image: rows are true classes, columns predicted ones."""
+    plt = _pyplot()
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n))
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = matrix.max().item() or 1
+    for i in range(n):
+        for j in range(n):
+            value = int(matrix[i, j])
+            if value:
+                ax.text(j, i, value, ha="center", va="center", fontsize=7,
+                        color="white" if value > peak / 2 else "black")
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def scatter_figure(predicted: torch.Tensor, target: torch.Tensor):
+    """Predicted against true values: a perfect model puts every point on the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    p, t = predicted.flatten().cpu().numpy(), target.flatten().cpu().numpy()
+    ax.scatter(t, p, s=8, alpha=0.6)
+    low, high = min(t.min(), p.min()), max(t.max(), p.max())
+    ax.plot([low, high], [low, high], color="grey", linewidth=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title("test predictions")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: dict[str, list[tuple[int, float]]], ylabel: str, title: str, log_x: bool = False,
+                  xlabel: str = "epoch"):
+    """Several curves on one set of axes (x, y pairs), labelled by name."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in curves.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=name, linewidth=1.2)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path: Path) -> Path:
+    """Write a figure as PNG and free it."""
+    plt = _pyplot()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,83 @@
+"""After a multirun: one row per job, sorted by the monitored metric, as CSV, Markdown and a figure."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlrun import figures
+from dlrun.metrics import monitor_mode
+
+
+@dataclass
+class JobResult:
+    """What one job of a sweep ended with."""
+
+    name: str  # its overrides
+    run_dir: str
+    metrics: dict | None = None  # metrics.json of a completed job
+    error: str | None = None  # why a failed job failed
+
+    @property
+    def status(self) -> str:
+        return "completed" if self.metrics is not None else "failed"
+
+
+def _sort_key(job: JobResult) -> tuple:
+    if job.metrics is None:
+        return (1, 0.0)
+    best = job.metrics["best"]
+    value = best["value"] if best["value"] is not None and math.isfinite(best["value"]) else math.inf
+    return (0, value if monitor_mode(best["monitor"]) == "min" else -value)
+
+
+def rows(jobs: list[JobResult]) -> list[dict[str, object]]:
+    """One flat row per job, best first; failed jobs last, with their error."""
+    out = []
+    for job in sorted(jobs, key=_sort_key):
+        row: dict[str, object] = {"job": job.name, "status": job.status}
+        if job.metrics is not None:
+            m = job.metrics
+            row.update({"epochs": m["epochs_run"], "best_epoch": m["best"]["epoch"],
+                        m["best"]["monitor"]: m["best"]["value"],
+                        "train/loss": m["evaluation"]["train"]["loss"],
+                        **{f"test/{k}": v for k, v in m["test"].items()},
+                        "verdict": m.get("verdict", {}).get("case", "")})
+        else:
+            row["error"] = job.error
+        row["run_dir"] = job.run_dir
+        out.append(row)
+    return out
+
+
+def write(sweep_dir: Path, jobs: list[JobResult]) -> list[Path]:
+    """summary.csv, summary.md and val_curves.png in the sweep directory."""
+    table = rows(jobs)
+    columns = list(dict.fromkeys(key for row in table for key in row))
+    csv_path = sweep_dir / "summary.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(table)
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+    md_columns = [c for c in columns if c != "run_dir"]
+    lines = ["| " + " | ".join(md_columns) + " |", "|" + "---|" * len(md_columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in md_columns) + " |" for row in table]
+    md_path = sweep_dir / "summary.md"
+    md_path.write_text(f"# Sweep {sweep_dir.name}\n\nSorted by the monitored metric, best first.\n\n"
+                       + "\n".join(lines) + "\n")
+
+    curves = {job.name: [(h["epoch"], h["val/loss"]) for h in job.metrics["history"]]
+              for job in jobs if job.metrics is not None}
+    paths = [csv_path, md_path]
+    if curves:
+        paths.append(figures.save(figures.curves_figure(curves, "validation loss", "validation loss per epoch"),
+                                  sweep_dir / "val_curves.png"))
+    return paths
