@@ -60,6 +60,9 @@ def test_run_writes_events_hparams_checkpoints_and_metrics(dl_run):
     assert hparams["optimizer.lr"].number_value == pytest.approx(0.01)
     assert hparams["model.name"].string_value == "mlp"
     assert any(tag.startswith("diagnosis/verdict") for tag in events.Tags()["tensors"])  # the Text tab
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    per_class = metrics["test_per_class_accuracy"]
+    assert set(per_class) == {str(d) for d in range(10)} and "test_per_class_accuracy/7" in tags
 
 
 def test_resume_continues_from_the_saved_step(dl_run):
@@ -148,6 +151,8 @@ def test_regression_with_huber_reports_original_units(dl_run):
     assert 20 < metrics["test"]["mae"] < 80  # progression scores run 25..346: MAE is in those units
     assert metrics["test"]["r2"] > 0.3
     assert metrics["least_squares"]["test"]["r2"] > 0.3
+    (run_dir,) = result.run_dirs()
+    assert "test/predicted_vs_true" in read_events(run_dir / "tb").Tags()["images"]
 
 
 def test_help_lists_groups_options_and_examples(dl_run):

@@ -70,3 +70,30 @@ def test_chance_loss_is_the_loss_of_the_class_frequencies():
 def test_too_few_epochs_get_no_case_of_the_course():
     verdict = diagnose([2.0, 1.0], [2.0, 1.5], CHANCE)
     assert verdict.case == "too few epochs" and verdict.remedies
+
+
+def test_lr_suggestion_is_where_the_loss_falls_fastest():
+    from dlrun.diagnostics.lr_finder import suggest
+
+    lrs = [10 ** (-6 + i * 0.05) for i in range(120)]  # 1e-6 .. ~1
+    # flat, then a fall centred on 1e-3, a minimum near 1e-2, then an explosion
+    losses = [2.0 - 1.5 / (1 + math.exp(-(math.log10(lr) + 3) * 4)) + (max(0.0, math.log10(lr) + 2) ** 2) * 5
+              for lr in lrs]
+    assert suggest(lrs, losses) == pytest.approx(1e-3, rel=0.3)
+
+
+def test_lr_find_mode_suggests_a_rate_that_trains(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+    from dlrun.run import run
+
+    cfg = compose_config("mode=lr_find", "trainer.progress=false", "trainer.device=cpu", "lr_find.steps=100")
+    found = run(OmegaConf.create(cfg), tmp_path / "find", ["mode=lr_find"])
+    lr = found["suggested_lr"]
+    assert 1e-4 < lr < 1.0
+    assert (tmp_path / "find" / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    assert found["losses"][-1] > min(found["losses"])  # the sweep went past the best rate
+    cfg = compose_config(f"optimizer.lr={lr}", "trainer.epochs=5", "trainer.progress=false", "trainer.device=cpu")
+    trained = run(OmegaConf.create(cfg), tmp_path / "train", [])
+    assert trained["test"]["accuracy"] > 0.9

@@ -43,6 +43,8 @@ def _train(cfg: DictConfig) -> float | None:
             remove_unfinished(run_dir)
         _jobs.append(JobResult(name, str(run_dir), error=str(err)))
         return None
+    if metrics.get("mode", "train") != "train":
+        return None
     _jobs.append(JobResult(name, str(run_dir), metrics=metrics))
     test = metrics["test"]
     return test.get("accuracy", test.get("loss"))

@@ -16,11 +16,12 @@ class TensorBoardLogger:
     """Writes event files under the run directory; one folder per run, so sweeps compare side by side."""
 
     def __init__(self, log_dir: Path, log_every_n_steps: int = 10, purge_step: int | None = None,
-                 gradients_every_n_steps: int = 0, histograms: bool = True) -> None:
+                 gradients_every_n_steps: int = 0, histograms: bool = True, figures: bool = True) -> None:
         self.log_dir = Path(log_dir)
         self.log_every_n_steps = log_every_n_steps
         self.gradients_every_n_steps = gradients_every_n_steps
         self.histograms = histograms
+        self.figures = figures
         self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -33,6 +34,10 @@ class TensorBoardLogger:
 
     def histogram(self, tag: str, values, step: int) -> None:
         self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+
+    def figure(self, tag: str, figure, step: int, close: bool = True) -> None:
+        """A matplotlib figure in the Images tab; close=False keeps it open for the caller to save."""
+        self.writer.add_figure(tag, figure, step, close=close)
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
         """The HParams tab: this run's settings beside its final metrics (same run, no sub-folder)."""
@@ -54,6 +59,7 @@ class NullLogger:
     log_every_n_steps = 0
     gradients_every_n_steps = 0
     histograms = False
+    figures = False
     log_dir = None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
@@ -68,6 +74,9 @@ class NullLogger:
     def histogram(self, tag: str, values, step: int) -> None:
         pass
 
+    def figure(self, tag: str, figure, step: int, close: bool = True) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -75,7 +84,7 @@ class NullLogger:
 @LOGGERS.register("tensorboard")
 def build_tensorboard(run_dir: Path, purge_step: int | None = None, subdir: str = "tb",
                       log_every_n_steps: int = 10, gradients_every_n_steps: int = 100,
-                      histograms: bool = True) -> TensorBoardLogger:
+                      histograms: bool = True, figures: bool = True) -> TensorBoardLogger:
     """Event files in <run dir>/<subdir>; training loss every log_every_n_steps steps; per-layer gradient
     norms and activation statistics every gradients_every_n_steps steps (0 = off)."""
     from dlrun.errors import ConfigError
@@ -87,7 +96,7 @@ def build_tensorboard(run_dir: Path, purge_step: int | None = None, subdir: str 
         raise ConfigError(f"'logger.gradients_every_n_steps={gradients_every_n_steps}' must be 0 (off) or positive.",
                           key="logger.gradients_every_n_steps")
     return TensorBoardLogger(Path(run_dir) / subdir, log_every_n_steps, purge_step, gradients_every_n_steps,
-                             histograms)
+                             histograms, figures)
 
 
 @LOGGERS.register("none")

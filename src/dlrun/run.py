@@ -30,9 +30,9 @@ from dlrun.registry import check_arguments
 from dlrun.summary import summarize
 from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, restore
 
-MODES = ("train",)
+MODES = ("train", "lr_find")
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
-                  "augmentation", "trainer", "logger", "experiment"}
+                  "augmentation", "trainer", "logger", "experiment", "lr_find"}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -120,6 +120,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     cfg = OmegaConf.to_container(cfg_node, resolve=True)
     started = time.perf_counter()
     exp = Experiment(cfg, run_dir)
+    if cfg["mode"] == "lr_find":
+        return run_lr_find(exp, cfg, run_dir, overrides)
     if cfg.get("resume"):
         record_config(run_dir, cfg_node, overrides)
     checkpoint_dir = run_dir / "checkpoints"
@@ -163,6 +165,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
                    for split in ("train", "val", "test")}
         final_metrics = {f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}
         logger.hparams(hparams_of(cfg, overrides), {f"hparam/{k}": v for k, v in final_metrics.items()}, state.step)
+        per_class = log_test_figures(exp, logger, state.step) if logger.figures else None
         verdict = diagnose([h["train/loss"] for h in state.history], [h["val/loss"] for h in state.history], chance)
         logger.text("diagnosis/verdict", verdict.markdown(), state.step)
     finally:
@@ -195,6 +198,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         "stopped_early": state.stopped_early,
         "best": {"epoch": state.best_epoch, "monitor": exp.opts.monitor, "value": state.best_value},
         "test": results["test"],
+        "test_per_class_accuracy": per_class,
         "evaluation": results,  # every split, scored with the best checkpoint
         "last_epoch": state.history[-1] if state.history else {},
         "parameters": total,
@@ -209,6 +213,64 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     # soft_wrap: a long path stays on one line, so it can be copied whole.
     console.console.print(f"\nRun directory: {run_dir}\nOpen the curves:  tensorboard --logdir {run_dir}",
                           soft_wrap=True)
+    return metrics
+
+
+@torch.no_grad()
+def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float] | None:
+    """Confusion matrix and per-class accuracy (classification) or predicted-vs-true (regression), on test."""
+    from dlrun import figures
+
+    exp.model.eval()
+    x, y = exp.splits.x_test, exp.splits.y_test
+    outputs = torch.cat([exp.model(xb) for xb in x.split(exp.opts.eval_batch_size)]).float()
+    if exp.info.task != "classification":
+        predicted, target = outputs.reshape(y.shape), y
+        if exp.info.target_mean is not None:
+            mean, std = exp.info.target_mean.to(y.device), exp.info.target_std.to(y.device)
+            predicted, target = predicted * std + mean, target * std + mean
+        logger.figure("test/predicted_vs_true", figures.scatter_figure(predicted, target), step)
+        return None
+    names = exp.info.class_names or [str(i) for i in range(exp.info.num_classes)]
+    matrix = figures.confusion_matrix(exp.loss.predict_classes(outputs), y, exp.info.num_classes)
+    logger.figure("test/confusion_matrix", figures.confusion_figure(matrix, names), step)
+    totals = matrix.sum(dim=1)
+    per_class = {name: (matrix[i, i] / totals[i]).item() for i, name in enumerate(names) if totals[i] > 0}
+    logger.scalars({f"test_per_class_accuracy/{name}": value for name, value in per_class.items()}, step)
+    return per_class
+
+
+def run_lr_find(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """mode=lr_find: sweep the learning rate, plot loss against it, suggest one; the weights are thrown away."""
+    from dlrun import figures
+    from dlrun.diagnostics.lr_finder import find_lr
+
+    inputs = {"model": exp.model, "loss_fn": exp.loss, "optimizer": exp.optimizer, "x": exp.splits.x_train,
+              "y": exp.splits.y_train, "batch_size": exp.opts.batch_size_for(len(exp.splits.x_train)),
+              "generator": torch.Generator().manual_seed(cfg["seed"])}
+    finding = find_lr(**check_arguments(find_lr, cfg.get("lr_find") or {}, "lr_find", inputs))
+    logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir)
+    for step, (lr, loss) in enumerate(zip(finding.lrs, finding.losses), start=1):
+        logger.scalars({"lr_find/loss": loss, "lr_find/lr": lr}, step)
+    figure = figures.curves_figure({"smoothed training loss": list(zip(finding.lrs, finding.losses))},
+                                   "loss", "learning-rate finder", log_x=True, xlabel="learning rate")
+    if finding.suggestion is not None:
+        figure.axes[0].axvline(finding.suggestion, color="red", linestyle="--", linewidth=1)
+    logger.figure("lr_find/curve", figure, len(finding.lrs), close=False)
+    png = figures.save(figure, run_dir / "lr_find.png")
+    logger.close()
+    metrics = {"status": "completed", "mode": "lr_find", "suggested_lr": finding.suggestion,
+               "exploded": finding.stopped_early, "lrs": finding.lrs, "losses": finding.losses,
+               "overrides": overrides}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if finding.suggestion is None:
+        console.print_warning("The loss never fell: widen the range (lr_find.min_lr, lr_find.max_lr).")
+    else:
+        rest = " ".join(o for o in overrides if not o.startswith(("mode=", "lr_find.")))
+        console.console.print(f"Suggested learning rate: {finding.suggestion:.3g} (steepest fall of the loss). "
+                              f"Train with it:\n  dl-run {rest + ' ' if rest else ''}"
+                              f"optimizer.lr={finding.suggestion:.3g}", soft_wrap=True)
+    console.console.print(f"Loss against learning rate: {png}", soft_wrap=True)
     return metrics
 
 

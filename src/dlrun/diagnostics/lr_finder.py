@@ -1,0 +1,81 @@
+"""The learning-rate finder: train with an exponentially growing learning rate and watch the loss.
+
+Too small a rate barely moves the loss, too large a one makes it explode; the rate where the loss
+falls fastest is a good starting point (course 2 §1.1: the learning rate is the first thing to tune).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dlrun.errors import ConfigError
+from dlrun.losses import Loss
+
+
+@dataclass
+class LRFinding:
+    lrs: list[float]
+    losses: list[float]  # smoothed
+    suggestion: float | None
+    stopped_early: bool  # the loss exploded before max_lr
+
+
+def check_range(min_lr: float, max_lr: float, steps: int) -> None:
+    if not 0 < min_lr < max_lr:
+        raise ConfigError(f"'lr_find.min_lr={min_lr}' must be positive and below 'lr_find.max_lr={max_lr}'.",
+                          key="lr_find.min_lr")
+    if steps < 10:
+        raise ConfigError(f"'lr_find.steps={steps}' must be at least 10.", key="lr_find.steps")
+
+
+def find_lr(model: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+            batch_size: int, generator: torch.Generator, min_lr: float = 1e-7, max_lr: float = 10.0,
+            steps: int = 200, divergence_factor: float = 4.0, smoothing: float = 0.9) -> LRFinding:
+    """Sweep the learning rate from min_lr to max_lr over `steps` mini-batches; suggest the steepest descent."""
+    check_range(min_lr, max_lr, steps)
+    model.train()
+    lrs, losses = [], []
+    average, best = 0.0, math.inf
+    order = torch.empty(0, dtype=torch.long)
+    stopped = False
+    for i in range(steps):
+        if len(order) < batch_size:  # a fresh permutation whenever the current one runs out
+            order = torch.cat([order, torch.randperm(len(x), generator=generator)])
+        idx, order = order[:batch_size].to(x.device), order[batch_size:]
+        lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(model(x[idx]).float(), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()  # the finder needs every value: a sync per step is its point
+        average = smoothing * average + (1 - smoothing) * value if math.isfinite(value) else math.inf
+        smoothed = average / (1 - smoothing ** (i + 1))
+        lrs.append(lr)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if not math.isfinite(smoothed) or (i > steps // 10 and smoothed > divergence_factor * best):
+            stopped = True
+            break
+    return LRFinding(lrs, losses, suggest(lrs, losses), stopped)
+
+
+def suggest(lrs: list[float], losses: list[float]) -> float | None:
+    """The rate where the smoothed loss falls fastest per decade of learning rate, before its minimum."""
+    finite = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
+    if len(finite) < 5:
+        return None
+    lowest = min(range(len(finite)), key=lambda i: finite[i][1])
+    start = len(finite) // 10
+    window = finite[start:lowest + 1]
+    if len(window) < 3:
+        return finite[lowest][0] / 10
+    slopes = [(window[i + 1][1] - window[i - 1][1]) / (math.log10(window[i + 1][0]) - math.log10(window[i - 1][0]))
+              for i in range(1, len(window) - 1)]
+    steepest = min(range(len(slopes)), key=lambda i: slopes[i])
+    return window[steepest + 1][0]
