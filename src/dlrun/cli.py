@@ -83,12 +83,16 @@ def report_sweep(sweep_dir: Path) -> None:
 
     failed = sum(job.status == "failed" for job in _jobs)
     table = sweep.rows(_jobs)
+    # Name each row by what differs between the jobs; what they share goes in the title.
+    common = set.intersection(*(set(job.name.split()) for job in _jobs)) if _jobs else set()
     # The terminal gets the essentials; summary.csv has every column.
-    shown = {str(row["job"]): {k: v for k, v in row.items()
+    shown = {" ".join(o for o in str(row["job"]).split() if o not in common) or str(row["job"]):
+             {k: v for k, v in row.items()
                                if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
              for row in table}
     console.results_table(shown, title=f"sweep: {len(_jobs) - failed} finished job(s)"
-                          + (f", {failed} failed" if failed else "") + ", best first")
+                          + (f", {failed} failed" if failed else "") + ", best first"
+                          + (f" (all with {' '.join(sorted(common))})" if common and len(_jobs) > 1 else ""))
     if sweep_dir.is_dir():
         paths = sweep.write(sweep_dir, _jobs)
         console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)

@@ -130,10 +130,9 @@ def results_table(results: Mapping[str, Mapping[str, float]], title: str = "resu
     """Rows are splits (train, val, test), columns are metrics."""
     metrics = list(dict.fromkeys(m for split in results.values() for m in split))
     table = Table(title=title, title_justify="left")
-    table.add_column("split" if set(results) <= {"train", "val", "test"} else "run", no_wrap=True, max_width=70,
-                     overflow="fold")
+    table.add_column("split" if set(results) <= {"train", "val", "test"} else "run", overflow="fold")
     for metric in metrics:
-        table.add_column(metric, justify="right")
+        table.add_column(metric, justify="right", no_wrap=True)  # numbers and verdicts stay on one line
     for split, values in results.items():
         table.add_row(split, *(_cell(values[m]) if m in values else "" for m in metrics))
     console.print(table)

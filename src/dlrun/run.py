@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun import checkpoint, console
 from dlrun.augment import AUGMENTATIONS
-from dlrun.data import DATASETS
+from dlrun.data import DATASETS, Splits
 from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import initial_loss_check
@@ -58,6 +59,18 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
                           f"(or leave it unset to take the dataset's).", key="task")
 
 
+def lr_scale(rule: str, batch_size: int, base_batch_size: int) -> float:
+    """How much to multiply the learning rate for this batch size (course 2 §4.2: adapt them together)."""
+    rules = {"none": lambda r: 1.0, "linear": lambda r: r, "sqrt": lambda r: r ** 0.5}
+    if rule not in rules:
+        raise ConfigError(f"'optimizer.scale_lr_with_batch={rule}' must be one of {', '.join(rules)}.",
+                          key="optimizer.scale_lr_with_batch")
+    if base_batch_size < 1:
+        raise ConfigError(f"'optimizer.base_batch_size={base_batch_size}' must be a positive integer.",
+                          key="optimizer.base_batch_size")
+    return rules[rule](batch_size / base_batch_size)
+
+
 def hparams_of(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """The run's settings for the HParams tab: each group's choice and its keys, flattened."""
     flat: dict[str, Any] = {"seed": cfg["seed"]}
@@ -93,8 +106,19 @@ class Experiment:
         apply_init(self.model, INITS.build(init_cfg), bias)
         self.model.to(self.device)
         self.splits = self.data.splits.to(self.device)  # held as tensors on the training device
+        if self.opts.overfit_batches:
+            # The same few batches for training and validation: a sanity check that the model can fit anything.
+            n = self.opts.overfit_batches * self.opts.batch_size_for(len(self.splits.x_train))
+            x, y = self.splits.x_train[:n], self.splits.y_train[:n]
+            self.splits = Splits(x, y, x, y, self.splits.x_test, self.splits.y_test)
 
-        self.optimizer = OPTIMIZERS.build(cfg["optimizer"], params=self.model.parameters())
+        optimizer_cfg = dict(cfg["optimizer"])
+        self.lr_scale = lr_scale(optimizer_cfg.pop("scale_lr_with_batch", "none"),
+                                 self.opts.batch_size_for(len(self.splits.x_train)),
+                                 optimizer_cfg.pop("base_batch_size", 32))
+        if self.lr_scale != 1.0 and "lr" in optimizer_cfg:
+            optimizer_cfg["lr"] = optimizer_cfg["lr"] * self.lr_scale
+        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=self.model.parameters())
         steps_per_epoch = -(-len(self.splits.x_train) // self.opts.batch_size_for(len(self.splits.x_train)))
         total = steps_per_epoch * self.opts.epochs
         if self.opts.max_steps is not None:
@@ -137,6 +161,10 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     console.model_table(rows, total, trainable, exp.info.input_shape)
     console.console.print(f"device {exp.device}, {len(exp.splits.x_train)} train / {len(exp.splits.x_val)} val / "
                           f"{len(exp.splits.x_test)} test samples, task {exp.info.task}, loss {exp.loss.name}")
+    if exp.lr_scale != 1.0:
+        console.console.print(f"learning rate scaled ×{exp.lr_scale:.3g} for batch size "
+                              f"{exp.opts.batch_size_for(len(exp.splits.x_train))}: "
+                              f"{exp.optimizer.param_groups[0]['lr']:.4g}")
 
     chance = chance_loss(exp.loss, exp.data.splits.y_train, exp.info.num_classes)
     initial, warning = initial_loss_check(exp.model, exp.loss, exp.splits.x_train[:1024], exp.splits.y_train[:1024],
@@ -185,9 +213,23 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         console.results_table({k: v for k, v in reference.items() if k != "weights"},
                               title="closed-form least squares on the same features (course 1 §5.1)")
     console.verdict_panel(verdict)
+    overfit = None
+    if exp.opts.overfit_batches:
+        final = state.history[-1]["train/loss"] if state.history else math.inf
+        overfit = {"batches": exp.opts.overfit_batches, "final_train_loss": final, "chance_loss": chance,
+                   "fits": final < 0.05 * chance}
+        message = (f"overfit_batches={exp.opts.overfit_batches}: the training loss went from {chance:.4g} (chance) "
+                   f"to {final:.4g}")
+        if overfit["fits"]:
+            console.console.print(f"{message}: the model can learn these batches by heart, the pipeline works.",
+                                  soft_wrap=True)
+        else:
+            console.print_warning(f"{message}, not near zero: the model cannot even fit a few batches. Check the "
+                                  f"labels, the loss, the learning rate, or give the model more capacity.")
     metrics = {
         "status": "completed",
         "verdict": verdict.as_dict(),
+        "overfit_check": overfit,
         "initial_loss": {"value": initial, "chance": chance, "warning": warning},
         "gradient_flow": {"first_over_last_median": sorted(monitor.ratios)[len(monitor.ratios) // 2]
                           if monitor is not None and monitor.ratios else None, "warning": vanishing},

@@ -36,6 +36,7 @@ class TrainerOptions:
     early_stopping_patience: int | None = None  # epochs without improvement of `monitor` before stopping
     monitor: str = "val/loss"  # the metric that picks the best checkpoint and drives early stopping
     checkpoint_every_n_epochs: int = 1  # last.pt/best.pt are also always written when training ends
+    overfit_batches: int = 0  # train (and validate) on this many batches only: can the model learn them by heart?
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -60,6 +61,9 @@ class TrainerOptions:
         if self.checkpoint_every_n_epochs < 1:
             raise ConfigError(f"'trainer.checkpoint_every_n_epochs={self.checkpoint_every_n_epochs}' must be a "
                               f"positive integer.", key="trainer.checkpoint_every_n_epochs")
+        if self.overfit_batches < 0:
+            raise ConfigError(f"'trainer.overfit_batches={self.overfit_batches}' must be 0 (off) or positive.",
+                              key="trainer.overfit_batches")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError(f"'trainer.early_stopping_patience={self.early_stopping_patience}' must be a "
                               f"positive integer or null.", key="trainer.early_stopping_patience")

@@ -90,7 +90,8 @@ def diagnose(train: list[float], val: list[float], chance: float) -> Verdict:
     # Divergence or too-large momentum: worse than a constant prediction, or rising again after a while.
     t_min = min(t)
     t_min_epoch = t.index(t_min) + 1
-    if t[-1] > 1.05 * chance or (t[-1] > 1.5 * t_min and t_min_epoch < n):
+    # "Rising" must be large against the chance level too: a converged, noisy loss (dropout) is no divergence.
+    if t[-1] > 1.05 * chance or (t[-1] > 1.5 * t_min and t[-1] - t_min > 0.1 * chance):
         return Verdict(
             "divergence",
             "the training loss ends above the loss of a constant prediction, or rose again after a while: the "
