@@ -61,6 +61,7 @@ def test_run_writes_events_hparams_checkpoints_and_metrics(dl_run):
     assert hparams["model.name"].string_value == "mlp"
     assert any(tag.startswith("diagnosis/verdict") for tag in events.Tags()["tensors"])  # the Text tab
     assert "test/confusion_matrix" in events.Tags()["images"]
+    assert any(tag.startswith("data/first_batch") for tag in events.Tags()["tensors"])
     per_class = metrics["test_per_class_accuracy"]
     assert set(per_class) == {str(d) for d in range(10)} and "test_per_class_accuracy/7" in tags
 

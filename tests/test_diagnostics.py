@@ -97,3 +97,11 @@ def test_lr_find_mode_suggests_a_rate_that_trains(tmp_path):
     cfg = compose_config(f"optimizer.lr={lr}", "trainer.epochs=5", "trainer.progress=false", "trainer.device=cpu")
     trained = run(OmegaConf.create(cfg), tmp_path / "train", [])
     assert trained["test"]["accuracy"] > 0.9
+
+
+def test_first_batch_summary_shows_each_feature_and_the_classes():
+    from dlrun.diagnostics.startup import batch_summary
+
+    x = torch.tensor([[0.0, 100.0], [2.0, 300.0]])
+    text = batch_summary(x, torch.tensor([1, 1]), ["small", "large"])
+    assert "| small | 1 |" in text and "| large | 200 |" in text and "1: 2" in text

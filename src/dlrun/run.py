@@ -19,7 +19,7 @@ from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
 from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
-from dlrun.diagnostics.startup import initial_loss_check
+from dlrun.diagnostics.startup import batch_summary, initial_loss_check
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
 from dlrun.logger import LOGGERS
@@ -174,6 +174,10 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         if warning:
             console.print_warning(warning)
     logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir, purge_step=state.step + 1 if state else None)
+    if state is None:
+        size = exp.opts.batch_size_for(len(exp.splits.x_train))
+        logger.text("data/first_batch", batch_summary(exp.splits.x_train[:size], exp.splits.y_train[:size],
+                                                      exp.info.feature_names), 0)
     extra = {"config": OmegaConf.to_yaml(cfg_node, resolve=True)}
     monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
                if logger.gradients_every_n_steps else None)

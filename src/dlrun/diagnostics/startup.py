@@ -30,3 +30,28 @@ def initial_loss_check(model: nn.Module, loss: Loss, x: torch.Tensor, y: torch.T
                        f"initial weights are probably too large (try init=he_normal or xavier_uniform), or the "
                        f"targets do not match the outputs.")
     return value, None
+
+
+def batch_summary(x: torch.Tensor, y: torch.Tensor, feature_names: list[str] | None = None,
+                  max_features: int = 32) -> str:
+    """Per-feature mean, std, min and max of one batch as a markdown table, and the target's spread.
+
+    A feature with a huge range or zero spread is visible at a glance (course 2 §3.3: standardise inputs).
+    """
+    flat = x.detach().float().flatten(1).cpu()
+    names = feature_names if feature_names and len(feature_names) == flat.shape[1] else \
+        [str(i) for i in range(flat.shape[1])]
+    lines = ["| feature | mean | std | min | max |", "|---|---|---|---|---|"]
+    for i in range(min(flat.shape[1], max_features)):
+        col = flat[:, i]
+        lines.append(f"| {names[i]} | {col.mean():.4g} | {col.std():.4g} | {col.min():.4g} | {col.max():.4g} |")
+    if flat.shape[1] > max_features:
+        lines.append(f"| … {flat.shape[1] - max_features} more | | | | |")
+    target = y.detach().cpu()
+    if target.is_floating_point():
+        spread = f"targets: mean {target.float().mean():.4g}, std {target.float().std():.4g}"
+    else:
+        counts = torch.bincount(target.flatten().long())
+        spread = "targets per class: " + ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts) if n)
+    return f"First batch: {flat.shape[0]} samples, {flat.shape[1]} features.\n\n" + "\n".join(lines) + \
+        f"\n\n{spread}"
