@@ -43,6 +43,7 @@ def test_run_writes_events_hparams_checkpoints_and_metrics(dl_run):
     assert set(metrics["evaluation"]) == {"train", "val", "test"}
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"  # readable without TensorBoard
 
     events = read_events(run_dir / "tb")
     tags = set(events.Tags()["scalars"])

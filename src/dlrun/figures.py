@@ -86,3 +86,24 @@ def save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def run_curves_figure(history: list[dict[str, float]], metric: str | None, title: str):
+    """Training and validation loss per epoch, and the main validation metric beside them."""
+    plt = _pyplot()
+    panels = 2 if metric else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    loss_ax = axes[0][0]
+    loss_ax.plot(epochs, [h["train/loss"] for h in history], label="train")
+    loss_ax.plot(epochs, [h["val/loss"] for h in history], label="validation")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    if metric:
+        axes[0][1].plot(epochs, [h.get(f"val/{metric}") for h in history], color="tab:orange")
+        axes[0][1].set_xlabel("epoch")
+        axes[0][1].set_ylabel(f"validation {metric}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -217,6 +217,12 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         console.results_table({k: v for k, v in reference.items() if k != "weights"},
                               title="closed-form least squares on the same features (course 1 §5.1)")
     console.verdict_panel(verdict)
+    if state.history:
+        from dlrun import figures
+
+        main_metric = "accuracy" if exp.info.task == "classification" else "rmse"
+        figures.save(figures.run_curves_figure(state.history, main_metric, f"{exp.info.name}: curves {verdict.case}"),
+                     run_dir / "curves.png")
     overfit = None
     if exp.opts.overfit_batches:
         final = state.history[-1]["train/loss"] if state.history else math.inf
