@@ -193,3 +193,15 @@ def test_runs_from_any_directory(dl_run, tmp_path):
     result = dl_run(*TINY, "trainer.epochs=1", cwd=elsewhere)
     assert result.code == 0, result.output
     assert result.run_dirs()[0].is_relative_to(elsewhere / "outputs")
+
+
+def test_list_shows_every_option_of_every_group(dl_run):
+    from dlrun.preflight import config_options
+
+    result = dl_run("--list")
+    assert result.code == 0
+    for group, options in config_options().items():
+        assert group in result.stdout
+        for option in options:
+            assert option in result.stdout, f"{group}={option} missing from --list"
+    assert "Two interleaving half-circles" in result.stdout  # the YAML's own description

@@ -99,8 +99,27 @@ def report_sweep(sweep_dir: Path) -> None:
     console.console.print(f"Compare the runs:  tensorboard --logdir {sweep_dir.resolve()}", soft_wrap=True)
 
 
+def list_options(argv: list[str]) -> None:
+    """`dl-run --list`: every group's options with a one-line description."""
+    from rich.table import Table
+
+    config_dir = argv[argv.index("--config-dir") + 1] if "--config-dir" in argv[:-1] else None
+    table = Table(title="dl-run options: pick one per group, e.g. dl-run model=mlp", title_justify="left")
+    table.add_column("group")
+    table.add_column("option")
+    table.add_column("what it is")
+    for group, options in sorted(preflight.describe_options(config_dir).items()):
+        for i, (option, text) in enumerate(options.items()):
+            table.add_row(group if i == 0 else "", option, text)
+        table.add_section()
+    console.console.print(table)
+
+
 def main() -> None:
     """Console script `dl-run`."""
+    if "--list" in sys.argv[1:]:
+        list_options(sys.argv[1:])
+        return
     # A `_target_: my_module.build` names code in the directory the user runs from, as `python -m` would see it.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -35,6 +35,22 @@ def config_options(config_dir: str | None = None) -> dict[str, list[str]]:
     return {g: sorted(o) for g, o in groups.items()}
 
 
+def describe_options(config_dir: str | None = None) -> dict[str, dict[str, str]]:
+    """Every group's options with the first line of their YAML's leading comment."""
+    roots = [resources.files(CONFIG_PACKAGE)] + ([Path(config_dir)] if config_dir else [])
+    out: dict[str, dict[str, str]] = {}
+    for group, options in config_options(config_dir).items():
+        for option in options:
+            text = ""
+            for root in roots:
+                f = root / group / f"{option}.yaml"
+                if f.is_file():
+                    lines = [ln[1:].strip() for ln in f.read_text().splitlines() if ln.startswith("#")]
+                    text = next((ln for ln in lines if ln and not ln.startswith(("@package", "dl-run"))), "")
+            out.setdefault(group, {})[option] = text
+    return out
+
+
 def _suggest(value: str, valid: list[str]) -> str:
     guess = closest(value, valid)
     return f" Did you mean '{guess}'?" if guess else ""
