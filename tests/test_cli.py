@@ -160,7 +160,7 @@ def test_regression_with_huber_reports_original_units(dl_run):
 def test_help_lists_groups_options_and_examples(dl_run):
     result = dl_run("--help")
     assert result.code == 0
-    for line in ("dataset: breast_cancer, csv, diabetes, digits", "model: linear, mlp, polynomial",
+    for line in ("dataset: breast_cancer, cifar10, csv, diabetes, digits", "model: cnn, lenet5, linear, mlp",
                  "dl-run -m init=zeros,xavier_uniform,he_normal", "tensorboard --logdir outputs"):
         assert line in result.stdout
 

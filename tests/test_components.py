@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -18,7 +19,8 @@ from dlrun.losses import LOSSES
 from dlrun.models import MODELS
 from dlrun.summary import summarize
 
-BUILT_IN = [n for n in DATASETS.names() if n != "csv"]
+# Datasets that read the user's files (a path or a root folder) have their own tests with tiny fixtures.
+BUILT_IN = [n for n in DATASETS.names() if not {"path", "root"} & set(inspect.signature(DATASETS.get(n)).parameters)]
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
@@ -84,7 +86,11 @@ def test_csv_problems_name_the_file_line_and_column(tmp_path, content, words):
 def test_every_model_is_sized_from_the_dataset(model, dataset):
     data = DATASETS.build({"name": dataset}, seed=0)
     out = data.info.num_classes if data.info.task == "classification" else data.info.target_dim
-    net = MODELS.build({"name": model}, info=data.info, out_features=out)
+    try:
+        net = MODELS.build({"name": model}, info=data.info, out_features=out)
+    except ConfigError as err:  # an image model refuses flat inputs, saying why
+        assert len(data.info.input_shape) != 3 and "needs image inputs" in str(err)
+        return
     assert net(data.splits.x_train[:5]).shape == (5, out)
 
 

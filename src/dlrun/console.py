@@ -61,8 +61,14 @@ def model_table(rows: list[LayerRow], total: int, trainable: int, input_shape: t
     table.add_column("type")
     table.add_column("output shape", justify="right")
     table.add_column("parameters", justify="right")
+    formulas = any(row.formula for row in rows)
+    if formulas:  # conv and pooling layers: the size by the course formula, checked against the measured one
+        table.add_column("W_out = ⌊(W_in - 1 + 2·padding - dilation·(kernel - 1)) / stride + 1⌋  (course 3 §2.1)")
     for row in rows:
-        table.add_row(row.name, row.kind, str(row.output_shape), f"{row.parameters:,}")
+        cells = [row.name, row.kind, str(row.output_shape), f"{row.parameters:,}"]
+        if formulas:
+            cells.append((row.formula or "") + ("" if row.formula_matches else "  [red]≠ measured[/]"))
+        table.add_row(*cells)
     table.add_section()
     frozen = f" ({total - trainable:,} frozen)" if trainable != total else ""
     table.add_row("Total", "", "", f"{total:,} parameters{frozen}")

@@ -1,9 +1,10 @@
-"""TensorBoard logging: scalars during training, and the run's hyperparameters with its final metrics."""
+"""TensorBoard logging: scalars and the first augmented batch during training, and the run's hyperparameters with its final metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -39,6 +40,10 @@ class TensorBoardLogger:
         """A matplotlib figure in the Images tab; close=False keeps it open for the caller to save."""
         self.writer.add_figure(tag, figure, step, close=close)
 
+    def images(self, tag: str, images: torch.Tensor, step: int) -> None:
+        """A batch of images (N, C, H, W), pixels in 0..1, as one grid in the Images tab."""
+        self.writer.add_images(tag, images.detach().float().clamp(0, 1).cpu(), step)
+
     def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
         """The HParams tab: this run's settings beside its final metrics (same run, no sub-folder)."""
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
@@ -63,6 +68,9 @@ class NullLogger:
     log_dir = None
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def images(self, tag: str, images: object, step: int) -> None:
         pass
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlrun import checkpoint, console
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
+from dlrun.data.prepare import Prepare
 from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary, initial_loss_check
@@ -29,7 +30,7 @@ from dlrun.optim import OPTIMIZERS, SCHEDULERS
 from dlrun.reference import least_squares
 from dlrun.registry import check_arguments
 from dlrun.summary import summarize
-from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, restore
+from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, resolve_threads, restore
 
 MODES = ("train", "lr_find")
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
@@ -90,6 +91,8 @@ class Experiment:
         self.run_dir = run_dir
         self.opts = TrainerOptions(**check_arguments(TrainerOptions, cfg["trainer"], "trainer"))
         self.device = resolve_device(self.opts.device)
+        self.threads = resolve_threads(self.opts.threads, self.opts.deterministic)
+        torch.set_num_threads(self.threads)
         seed_everything(cfg["seed"], self.opts.deterministic)
 
         self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"])
@@ -125,13 +128,13 @@ class Experiment:
             total = min(total, self.opts.max_steps)
         self.schedule = SCHEDULERS.build(cfg["scheduler"], optimizer=self.optimizer, total_steps=total,
                                          steps_per_epoch=steps_per_epoch, epochs=self.opts.epochs)
-        self.augment = AUGMENTATIONS.build(cfg["augmentation"])
+        self.prepare = Prepare(self.info, AUGMENTATIONS.build(cfg["augmentation"]), self.device)
         self.logger_cfg = dict(cfg["logger"])
         # Check the logger's keys now; it is built (and writes files) only when training starts.
         check_arguments(LOGGERS.get(self.logger_cfg.get("name", "tensorboard"), "logger"),
                         {k: v for k, v in self.logger_cfg.items() if k != "name"}, "logger",
                         {"run_dir": None, "purge_step": None})
-        sample = self.splits.x_train[:2]
+        sample = self.prepare(self.splits.x_train[:2])
         try:
             self.summary = summarize(self.model, sample)
         except RuntimeError as err:
@@ -159,7 +162,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         console.config_tree(cfg)
     rows, total, trainable = exp.summary
     console.model_table(rows, total, trainable, exp.info.input_shape)
-    console.console.print(f"device {exp.device}, {len(exp.splits.x_train)} train / {len(exp.splits.x_val)} val / "
+    console.console.print(f"device {exp.device} ({exp.threads} CPU thread{'s' * (exp.threads > 1)}), "
+                          f"{len(exp.splits.x_train)} train / {len(exp.splits.x_val)} val / "
                           f"{len(exp.splits.x_test)} test samples, task {exp.info.task}, loss {exp.loss.name}")
     if exp.lr_scale != 1.0:
         console.console.print(f"learning rate scaled ×{exp.lr_scale:.3g} for batch size "
@@ -167,8 +171,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
                               f"{exp.optimizer.param_groups[0]['lr']:.4g}")
 
     chance = chance_loss(exp.loss, exp.data.splits.y_train, exp.info.num_classes)
-    initial, warning = initial_loss_check(exp.model, exp.loss, exp.splits.x_train[:1024], exp.splits.y_train[:1024],
-                                          chance, exp.info.num_classes)
+    initial, warning = initial_loss_check(exp.model, exp.loss, exp.prepare(exp.splits.x_train[:1024]),
+                                          exp.splits.y_train[:1024], chance, exp.info.num_classes)
     if state is None:
         console.console.print(f"initial loss {initial:.4f} (a constant prediction scores {chance:.4f})")
         if warning:
@@ -176,15 +180,15 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir, purge_step=state.step + 1 if state else None)
     if state is None:
         size = exp.opts.batch_size_for(len(exp.splits.x_train))
-        logger.text("data/first_batch", batch_summary(exp.splits.x_train[:size], exp.splits.y_train[:size],
-                                                      exp.info.feature_names), 0)
+        logger.text("data/first_batch", batch_summary(exp.prepare(exp.splits.x_train[:size]),
+                                                      exp.splits.y_train[:size], exp.info.feature_names), 0)
     extra = {"config": OmegaConf.to_yaml(cfg_node, resolve=True)}
     monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
                if logger.gradients_every_n_steps else None)
     try:
         with console.EpochProgress(exp.opts.progress) as progress:
             state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-                        logger, checkpoint_dir, extra, exp.augment, progress, state, generator, monitor)
+                        logger, checkpoint_dir, extra, exp.prepare, progress, state, generator, monitor)
         vanishing = monitor.vanishing_warning() if monitor is not None else None
         if vanishing:
             console.print_warning(vanishing)
@@ -193,8 +197,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         # Test once, after training, on the best checkpoint (course 1 §6).
         best_path = checkpoint_dir / ("best.pt" if (checkpoint_dir / "best.pt").exists() else "last.pt")
         exp.model.load_state_dict(checkpoint.load(best_path)["model"])
-        results = {split: evaluate(exp.model, exp.loss, *exp.splits.split(split), exp.info, exp.opts.eval_batch_size)
-                   for split in ("train", "val", "test")}
+        results = {split: evaluate(exp.model, exp.loss, *exp.splits.split(split), exp.info, exp.opts.eval_batch_size,
+                                   exp.prepare) for split in ("train", "val", "test")}
         final_metrics = {f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}
         logger.hparams(hparams_of(cfg, overrides), {f"hparam/{k}": v for k, v in final_metrics.items()}, state.step)
         per_class = log_test_figures(exp, logger, state.step) if logger.figures else None
@@ -275,7 +279,7 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
 
     exp.model.eval()
     x, y = exp.splits.x_test, exp.splits.y_test
-    outputs = torch.cat([exp.model(xb) for xb in x.split(exp.opts.eval_batch_size)]).float()
+    outputs = torch.cat([exp.model(exp.prepare(xb)) for xb in x.split(exp.opts.eval_batch_size)]).float()
     if exp.info.task != "classification":
         predicted, target = outputs.reshape(y.shape), y
         if exp.info.target_mean is not None:
@@ -299,7 +303,7 @@ def run_lr_find(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: 
 
     inputs = {"model": exp.model, "loss_fn": exp.loss, "optimizer": exp.optimizer, "x": exp.splits.x_train,
               "y": exp.splits.y_train, "batch_size": exp.opts.batch_size_for(len(exp.splits.x_train)),
-              "generator": torch.Generator().manual_seed(cfg["seed"])}
+              "generator": torch.Generator().manual_seed(cfg["seed"]), "prepare": exp.prepare}
     finding = find_lr(**check_arguments(find_lr, cfg.get("lr_find") or {}, "lr_find", inputs))
     logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir)
     for step, (lr, loss) in enumerate(zip(finding.lrs, finding.losses), start=1):

@@ -1,4 +1,8 @@
-"""The model summary: every layer's output shape and parameter count, measured on a real forward pass."""
+"""The model summary: every layer's output shape and parameter count, measured on a real forward pass.
+
+Convolution and pooling layers also show their output size by the course's formula (course 3 §2.1),
+checked against the measured shape.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlrun.models.geometry import predicted_size
+
 
 @dataclass
 class LayerRow:
@@ -14,28 +20,46 @@ class LayerRow:
     kind: str
     output_shape: tuple[int, ...]
     parameters: int
+    formula: str | None = None  # W_out by the course formula, for conv and pooling layers
+    formula_matches: bool = True  # whether the formula gave the measured height and width
 
 
 def summarize(model: nn.Module, sample: torch.Tensor) -> tuple[list[LayerRow], int, int]:
     """Rows for each leaf layer, total parameters, trainable parameters (course 1 §5.3 counts them so)."""
     rows: list[LayerRow] = []
     hooks = []
+    current: list[str] = []  # the layer running now, to name it if the forward pass fails
+
+    def enter(name: str):
+        def pre_hook(module: nn.Module, inputs) -> None:
+            shape = tuple(inputs[0].shape[1:]) if inputs and isinstance(inputs[0], torch.Tensor) else ()
+            current[:] = [f"{name} ({type(module).__name__}, input {shape})"]
+        return pre_hook
 
     def record(name: str):
-        def hook(module: nn.Module, _inputs, output) -> None:
+        def hook(module: nn.Module, inputs, output) -> None:
             shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
             params = sum(p.numel() for p in module.parameters(recurse=False))
-            rows.append(LayerRow(name, type(module).__name__, shape, params))
+            row = LayerRow(name, type(module).__name__, shape, params)
+            x = inputs[0] if inputs else None
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and len(shape) == 3:
+                predicted = predicted_size(module, x.shape[2], x.shape[3])
+                if predicted is not None:
+                    row.formula, row.formula_matches = predicted[1], predicted[0] == shape[1:]
+            rows.append(row)
         return hook
 
     for name, module in model.named_modules():
         if not list(module.children()):
+            hooks.append(module.register_forward_pre_hook(enter(name)))
             hooks.append(module.register_forward_hook(record(name)))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             model(sample)
+    except RuntimeError as err:
+        raise RuntimeError(f"at layer {current[0] if current else '?'}: {err}") from None
     finally:
         for hook in hooks:
             hook.remove()

@@ -3,7 +3,7 @@
 The families are imported here, so `from dlrun.data import DATASETS` always sees every dataset.
 """
 
-from dlrun.data import synthetic, tabular  # noqa: F401  (registers the builders)
+from dlrun.data import images, synthetic, tabular  # noqa: F401  (registers the builders)
 from dlrun.data.base import DataInfo, Dataset, Splits
 from dlrun.data.registry import DATASETS
 

@@ -25,6 +25,10 @@ class DataInfo:
     target_mean: torch.Tensor | None = None
     target_std: torch.Tensor | None = None
     feature_names: list[str] | None = None
+    # uint8 images (the fast path): per-channel mean and std of the 0..1 pixels over the training split;
+    # batches are scaled and standardised on the training device as they are drawn (dlrun.data.prepare).
+    pixel_mean: tuple[float, ...] | None = None
+    pixel_std: tuple[float, ...] | None = None
     name: str = ""
     extras: dict = field(default_factory=dict)
 

@@ -7,6 +7,7 @@ falls fastest is a good starting point (course 2 §1.1: the learning rate is the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,8 @@ def check_range(min_lr: float, max_lr: float, steps: int) -> None:
 
 def find_lr(model: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
             batch_size: int, generator: torch.Generator, min_lr: float = 1e-7, max_lr: float = 10.0,
-            steps: int = 200, divergence_factor: float = 4.0, smoothing: float = 0.9) -> LRFinding:
+            steps: int = 200, divergence_factor: float = 4.0, smoothing: float = 0.9,
+            prepare: Callable[..., torch.Tensor] | None = None) -> LRFinding:
     """Sweep the learning rate from min_lr to max_lr over `steps` mini-batches; suggest the steepest descent."""
     check_range(min_lr, max_lr, steps)
     model.train()
@@ -49,7 +51,8 @@ def find_lr(model: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimizer, x
         lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = loss_fn(model(x[idx]).float(), y[idx])
+        xb = x[idx] if prepare is None else prepare(x[idx], train=True)  # uint8 images: standardise (augment)
+        loss = loss_fn(model(xb).float(), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

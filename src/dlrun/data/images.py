@@ -1,0 +1,228 @@
+"""Image datasets, held in memory as uint8 tensors (N, C, H, W) and standardised per batch on the device.
+
+MNIST, Fashion-MNIST and CIFAR-10 come through torchvision's own loaders; `shapes` is drawn from a
+seed; `image_folder` reads the user's folder of class sub-folders.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlrun.data.base import DataInfo, Dataset, Splits, check_fractions
+from dlrun.data.registry import DATASETS
+from dlrun.data.shapes import SHAPES, draw_shapes
+from dlrun.errors import ConfigError
+
+
+def pixel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images scaled to 0..1, exactly, from a 256-bin histogram."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+        p = counts / counts.sum()
+        mean = float((p * levels).sum())
+        means.append(mean)
+        stds.append(max(math.sqrt(max(float((p * levels**2).sum()) - mean**2, 0.0)), 1e-3))
+    return tuple(means), tuple(stds)
+
+
+def split_images(x: torch.Tensor, y: torch.Tensor, *, name: str, class_names: list[str], seed: int,
+                 val_fraction: float, test_fraction: float | None = None,
+                 test: tuple[torch.Tensor, torch.Tensor] | None = None) -> Dataset:
+    """Seeded split of uint8 images into train/val(/test); pixel statistics from the training split only.
+
+    With `test` given (a dataset's official test set, or a held-out folder), only validation is carved out.
+    """
+    if test is None:
+        check_fractions(val_fraction, test_fraction)
+    elif not 0.0 < val_fraction < 0.9:
+        raise ConfigError(f"'dataset.val_fraction={val_fraction}' must be between 0 and 0.9, e.g. 0.1.",
+                          key="dataset.val_fraction")
+    n = len(x)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    n_val = max(1, int(round(n * val_fraction)))
+    n_test = 0 if test is not None else max(1, int(round(n * test_fraction)))
+    if n - n_val - n_test < 1:
+        raise ConfigError(f"Dataset '{name}' has {n} images: too few to split into train/val/test.", key="dataset")
+    idx_train, idx_val = order[:n - n_val - n_test], order[n - n_val - n_test:n - n_test]
+    x_test, y_test = test if test is not None else (x[order[n - n_test:]], y[order[n - n_test:]])
+    x_train = x[idx_train]
+    mean, std = pixel_stats(x_train)
+    splits = Splits(x_train, y[idx_train], x[idx_val], y[idx_val], x_test, y_test)
+    info = DataInfo(input_shape=tuple(x.shape[1:]), task="classification", num_classes=len(class_names),
+                    class_names=list(class_names), pixel_mean=mean, pixel_std=std, name=name)
+    return Dataset(splits, info)
+
+
+# ---- torchvision's datasets: MNIST, Fashion-MNIST, CIFAR-10 -------------------------------------------------
+
+def _expected_files(cls: type, root: Path) -> tuple[Path, list[str]]:
+    """Where torchvision looks for a dataset's files under root, and their names."""
+    import torchvision.datasets as tvd
+
+    if issubclass(cls, tvd.MNIST):
+        return root / cls.__name__ / "raw", [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+    return root / cls.base_folder, [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """folder and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Undo the empty folders a failed download left behind (deepest first)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
+def _torchvision_dataset(cls_name: str, name: str, title: str, root: str, download: bool, seed: int,
+                         val_fraction: float) -> Dataset:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    base = Path(root).expanduser()
+    folder, files = _expected_files(cls, base)
+    new_folders = _missing_folders(folder.absolute())
+    try:
+        train = cls(str(base), train=True, download=download)
+        test = cls(str(base), train=False, download=download)
+    except (RuntimeError, OSError) as err:
+        _remove_empty(new_folders)
+        where = f"{folder} (dataset.root={root}" + (f", that is {folder.resolve()})" if not base.is_absolute() else ")")
+        how = (f"copy {', '.join(files)} into that folder (torchvision's layout), or point dataset.root at the folder "
+               f"that holds {folder.relative_to(base)}/")
+        if download:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            reason = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+            raise ConfigError(f"'dataset={name}': the {title} files are not in {where}, and downloading them failed "
+                              f"({reason}). Provide them: {how}; or run once with internet access.",
+                              key="dataset.root") from None
+        raise ConfigError(f"'dataset={name}': the {title} files are not in {where}. Provide them: {how}; or set "
+                          f"dataset.download=true to fetch them (needs internet).", key="dataset.root") from None
+
+    def as_images(data) -> torch.Tensor:
+        x = torch.as_tensor(data)
+        return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()  # grey (N,H,W) or (N,H,W,C)
+
+    x_test, y_test = as_images(test.data), torch.as_tensor(test.targets, dtype=torch.long)
+    return split_images(as_images(train.data), torch.as_tensor(train.targets, dtype=torch.long), name=name,
+                        class_names=list(train.classes), seed=seed, val_fraction=val_fraction,
+                        test=(x_test, y_test))
+
+
+@DATASETS.register("mnist")
+def build_mnist(seed: int = 0, root: str = "data", download: bool = True, val_fraction: float = 0.1) -> Dataset:
+    """MNIST handwritten digits: 60,000 training and 10,000 test images, 28x28 grey, 10 classes."""
+    return _torchvision_dataset("MNIST", "mnist", "MNIST", root, download, seed, val_fraction)
+
+
+@DATASETS.register("fashion_mnist")
+def build_fashion_mnist(seed: int = 0, root: str = "data", download: bool = True,
+                        val_fraction: float = 0.1) -> Dataset:
+    """Fashion-MNIST: Zalando's 28x28 grey clothing images, 60,000 + 10,000, 10 classes."""
+    return _torchvision_dataset("FashionMNIST", "fashion_mnist", "Fashion-MNIST", root, download, seed, val_fraction)
+
+
+@DATASETS.register("cifar10")
+def build_cifar10(seed: int = 0, root: str = "data", download: bool = True, val_fraction: float = 0.1) -> Dataset:
+    """CIFAR-10: 32x32 colour images, 50,000 training and 10,000 test, 10 classes."""
+    return _torchvision_dataset("CIFAR10", "cifar10", "CIFAR-10", root, download, seed, val_fraction)
+
+
+# ---- synthetic shapes -----------------------------------------------------------------------------------------
+
+@DATASETS.register("shapes")
+def build_shapes(seed: int = 0, n_samples: int = 3000, image_size: int = 32, channels: int = 1,
+                 min_size: float = 0.3, max_size: float = 0.8, noise: float = 0.05, rotate: bool = True,
+                 val_fraction: float = 0.15, test_fraction: float = 0.15) -> Dataset:
+    """Circles, squares and triangles drawn from a seed: image classification with nothing to download."""
+    if n_samples < 10:
+        raise ConfigError(f"'dataset.n_samples={n_samples}' must be at least 10.", key="dataset.n_samples")
+    scenes = draw_shapes(n_samples, image_size, np.random.default_rng(seed), channels=channels, min_size=min_size,
+                         max_size=max_size, noise=noise, rotate=rotate)
+    return split_images(scenes.images, scenes.labels, name="shapes", class_names=list(SHAPES), seed=seed,
+                        val_fraction=val_fraction, test_fraction=test_fraction)
+
+
+# ---- the user's folder of images ------------------------------------------------------------------------------
+
+def _image_size(image_size: int | list[int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"'dataset.image_size={image_size}' must be a positive size, e.g. 64 or [48, 64] "
+                          f"(height, width).", key="dataset.image_size")
+    return size  # type: ignore[return-value]
+
+
+def _read_folder(path: str, key: str, size: tuple[int, int], channels: int, workers: int,
+                 max_memory_gb: float) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every image of a class-per-sub-folder tree, resized, as one uint8 tensor; decoded by DataLoader workers."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"'{key}={path}': no such folder (looked in {folder.resolve()}). Give a folder with one "
+                          f"sub-folder of images per class.", key=key)
+    steps = [v2.Resize(size), *([v2.Grayscale(1)] if channels == 1 else []), v2.PILToTensor()]
+    try:
+        images = ImageFolder(str(folder), transform=v2.Compose(steps))
+    except (FileNotFoundError, OSError) as err:
+        raise ConfigError(f"'{key}={path}' holds no class sub-folders with images ({err}). Lay it out as "
+                          f"{path}/<class name>/<image>.png, one sub-folder per class.", key=key) from None
+    needed = len(images) * channels * size[0] * size[1] / 1e9
+    if needed > max_memory_gb:
+        raise ConfigError(f"'{key}={path}': {len(images)} images of {channels}x{size[0]}x{size[1]} need "
+                          f"{needed:.1f} GB in memory, more than dataset.max_memory_gb={max_memory_gb}. Use a smaller "
+                          f"dataset.image_size, or raise dataset.max_memory_gb if the machine has the memory.",
+                          key="dataset.image_size")
+    loader = torch.utils.data.DataLoader(images, batch_size=256, num_workers=workers)
+    try:
+        batches = list(loader)
+    except OSError as err:  # an unreadable or truncated image file
+        raise ConfigError(f"'{key}={path}': cannot read an image: {err}", key=key) from None
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches]).long()
+    return x, y, list(images.classes)
+
+
+@DATASETS.register("image_folder")
+def build_image_folder(path: str | None = None, test_path: str | None = None, image_size: int | list[int] = 64,
+                       channels: int = 3, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                       workers: int = 2, max_memory_gb: float = 4.0) -> Dataset:
+    """The user's images: one sub-folder per class, any size, resized to image_size; split, or a held-out folder."""
+    if path is None:
+        raise ConfigError("'dataset=image_folder' needs 'dataset.path=<folder>' holding one sub-folder of images per "
+                          "class.", key="dataset.path")
+    if channels not in (1, 3):
+        raise ConfigError(f"'dataset.channels={channels}' must be 1 (grey) or 3 (colour).", key="dataset.channels")
+    if workers < 0:
+        raise ConfigError(f"'dataset.workers={workers}' must be 0 or more.", key="dataset.workers")
+    size = _image_size(image_size)
+    x, y, classes = _read_folder(path, "dataset.path", size, channels, workers, max_memory_gb)
+    test = None
+    if test_path is not None:
+        x_test, y_test, test_classes = _read_folder(test_path, "dataset.test_path", size, channels, workers,
+                                                    max_memory_gb)
+        if test_classes != classes:
+            raise ConfigError(f"'dataset.test_path={test_path}' has classes {test_classes}, but dataset.path has "
+                              f"{classes}: both folders need the same class sub-folders.", key="dataset.test_path")
+        test = (x_test, y_test)
+    name = Path(path).expanduser().resolve().name
+    return split_images(x, y, name=name, class_names=classes, seed=seed, val_fraction=val_fraction,
+                        test_fraction=test_fraction, test=test)
+

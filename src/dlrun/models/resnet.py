@@ -1,0 +1,79 @@
+"""A small residual network: convolutions with skip connections (course 3 §3.1)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dlrun.data.base import DataInfo
+from dlrun.errors import ConfigError
+from dlrun.models.cnn import image_channels, make_activation
+from dlrun.models.registry import MODELS
+
+
+class ResidualBlock(nn.Module):
+    """y = act(F(x) + shortcut(x)): the gradient reaches earlier layers through the identity (course 3 §3.1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, act: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.act1 = act()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        # When the block changes the size or the depth, a 1x1 convolution makes the skip path fit.
+        self.shortcut = nn.Identity() if stride == 1 and in_channels == out_channels else nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+        self.act2 = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.act2(y + self.shortcut(x))
+
+
+@MODELS.register("resnet")
+def build_resnet(
+    info: DataInfo,
+    out_features: int,
+    widths: list[int] = (16, 32, 64),
+    blocks_per_stage: int = 2,
+    activation: str = "relu",
+    negative_slope: float = 0.1,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Stem conv -> stages of residual blocks (each later stage halves the size, widens) -> global pool -> FC."""
+    in_channels = image_channels(info, "resnet")[0]
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError(f"'model.widths={list(widths)}' must list positive widths, one per stage, e.g. [16, 32, 64].",
+                          key="model.widths")
+    if blocks_per_stage < 1:
+        raise ConfigError(f"'model.blocks_per_stage={blocks_per_stage}' must be at least 1.",
+                          key="model.blocks_per_stage")
+    if activation == "maxout":
+        raise ConfigError("'model.activation=maxout' changes the width of every layer and does not fit the skip "
+                          "connections of model=resnet; use relu, leaky_relu, elu, gelu, tanh or sigmoid.",
+                          key="model.activation")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"'model.dropout={dropout}' must be in [0, 1).", key="model.dropout")
+
+    def act() -> nn.Module:
+        return make_activation(activation, negative_slope, 2)
+
+    layers: list[tuple[str, nn.Module]] = [
+        ("stem", nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                               act()))]
+    width = widths[0]
+    for s, w in enumerate(widths, start=1):
+        blocks = [ResidualBlock(width if b == 0 else w, w, 2 if (b == 0 and s > 1) else 1, act)
+                  for b in range(blocks_per_stage)]
+        layers.append((f"stage{s}", nn.Sequential(*blocks)))
+        width = w
+    layers += [("global_pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
+    if dropout > 0:
+        layers.append(("dropout", nn.Dropout(dropout)))
+    layers.append(("out", nn.Linear(width, out_features)))
+    return nn.Sequential(OrderedDict(layers))
