@@ -32,8 +32,6 @@ CASES = [
     (["resume=nowhere"], ["resume=nowhere", "no such directory"]),
     (["trainer.threads=0"], ["trainer.threads=0", "auto"]),
     (["model=cnn", "model.kernel_size=9", "model.padding=0"], ["features.stage1.conv1", "8x8", "= 0", "padding"]),
-    (["model=cnn", "dataset=iris"], ["model=cnn", "image inputs", "(4,)"]),
-    (["augmentation=flip", "dataset=iris"], ["Flip", "(4,)", "augmentation=none"]),
     (["dataset=mnist", "dataset.root=nowhere", "dataset.download=false"],
      ["nowhere/MNIST/raw", "train-images-idx3-ubyte", "dataset.download=true"]),
     (["model=torchvision", "model.arch=resnet81"], ["model.arch=resnet81", "Did you mean 'resnet18'"]),

@@ -119,3 +119,18 @@ def test_vanishing_gradients_are_reported_for_deep_sigmoid_not_for_relu_he(tmp_p
     assert {"activations/2/mean", "activations/2/std", "activations/2/dead_fraction"} <= scalars
     assert [e.step for e in events.Scalars("gradient_norm/first_over_last")][:2] == [5, 10]
     assert any(t.startswith("gradients/") for t in events.Tags()["histograms"])
+
+
+def test_threads_auto_leaves_busy_cores_alone_and_a_number_is_taken_as_given(monkeypatch):
+    import os
+
+    from dlrun.train import resolve_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_threads(3, deterministic=False) == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))  # every core busy with other work
+    assert resolve_threads("auto", deterministic=False) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine
+    assert resolve_threads("auto", deterministic=False) == cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
+    assert resolve_threads("auto", deterministic=True) == cores  # repeatable sums need a fixed thread count
