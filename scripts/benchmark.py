@@ -16,6 +16,8 @@ Variants, each timed over the same steps (one epoch of dl-run's MNIST training s
 Targets (issue #3): MLP, dl-run <= 1.15x the minimal loop and >= 4x faster than the DataLoader; CNN, dl-run
 <= 1.05x the minimal loop. On a CPU the ratios are judged on CPU seconds of this process (on a machine shared
 with other work, wall seconds swing with the neighbours' load); both clocks are printed and written to JSON.
+Every variant runs under the same process settings dl-run makes (torch's thread count, glibc keeping freed
+memory): the comparison is of the loops and data paths, not of those settings.
 """
 
 from __future__ import annotations

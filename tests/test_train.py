@@ -134,3 +134,23 @@ def test_threads_auto_leaves_busy_cores_alone_and_a_number_is_taken_as_given(mon
     assert resolve_threads("auto", deterministic=False) == cores
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
     assert resolve_threads("auto", deterministic=True) == cores  # repeatable sums need a fixed thread count
+
+
+def test_freed_memory_is_kept_for_reuse_instead_of_faulting_in_fresh_pages():
+    import resource
+    import sys
+
+    from dlrun.memory import keep_freed_memory
+
+    if not sys.platform.startswith("linux") or not keep_freed_memory():
+        pytest.skip("glibc's mallopt only")
+
+    def faults_while_allocating() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            torch.ones(64, 1024, 1024)  # 256 MB, freed at once: a big activation of one training step
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    for _ in range(3):
+        faults_while_allocating()  # the heap grows to hold the block: new pages, the first times only
+    assert faults_while_allocating() < 64 * 1024 * 1024 * 4 / 4096 / 2  # not 5 x 65,536 fresh pages each time

@@ -24,6 +24,7 @@ from dlrun.diagnostics.startup import batch_summary, initial_loss_check
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
 from dlrun.logger import LOGGERS
+from dlrun.memory import keep_freed_memory
 from dlrun.losses import LOSSES, output_layer
 from dlrun.models import MODELS
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
@@ -93,6 +94,7 @@ class Experiment:
         self.device = resolve_device(self.opts.device)
         self.threads = resolve_threads(self.opts.threads, self.opts.deterministic)
         torch.set_num_threads(self.threads)
+        keep_freed_memory()
         seed_everything(cfg["seed"], self.opts.deterministic)
 
         self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"])
