@@ -40,3 +40,19 @@ def test_filters_and_feature_maps_become_image_grids():
     maps = feature_maps_grid(model, torch.rand(2, 3, 12, 12))
     assert maps.shape[0] == 3 and maps.shape[1] >= 10
     assert filters_grid(nn.Sequential(nn.Linear(2, 2))) is None
+
+
+def test_a_cnn_run_on_digits_logs_grad_cam_filters_and_a_confusion_matrix(tmp_path):
+    from omegaconf import OmegaConf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import compose_config
+    from dlrun.run import run
+
+    cfg = compose_config("dataset=digits", "model=cnn", "trainer.epochs=1", "trainer.progress=false",
+                         "trainer.device=cpu")
+    run(OmegaConf.create(cfg), tmp_path, [])
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"cnn/grad_cam", "cnn/first_layer_filters", "cnn/first_layer_feature_maps",
+            "test/confusion_matrix"} <= set(events.Tags()["images"])

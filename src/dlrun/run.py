@@ -18,6 +18,7 @@ from dlrun import checkpoint, console
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
 from dlrun.data.prepare import Prepare
+from dlrun.diagnostics.cnn import last_conv
 from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary, initial_loss_check
@@ -204,6 +205,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         final_metrics = {f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}
         logger.hparams(hparams_of(cfg, overrides), {f"hparam/{k}": v for k, v in final_metrics.items()}, state.step)
         per_class = log_test_figures(exp, logger, state.step) if logger.figures else None
+        if logger.figures and exp.info.task == "classification" and last_conv(exp.model) is not None:
+            log_cnn_views(exp, logger, state.step)
         verdict = diagnose([h["train/loss"] for h in state.history], [h["val/loss"] for h in state.history], chance)
         logger.text("diagnosis/verdict", verdict.markdown(), state.step)
     finally:
@@ -296,6 +299,27 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
     per_class = {name: (matrix[i, i] / totals[i]).item() for i, name in enumerate(names) if totals[i] > 0}
     logger.scalars({f"test_per_class_accuracy/{name}": value for name, value in per_class.items()}, step)
     return per_class
+
+
+def log_cnn_views(exp: Experiment, logger: Any, step: int, panel: int = 8) -> None:
+    """Grad-CAM over a fixed panel of test images, the first layer's filters and feature maps (course 3 §5.1)."""
+    from dlrun.diagnostics.cnn import feature_maps_grid, filters_grid, grad_cam, grad_cam_figure
+
+    images = exp.prepare(exp.splits.x_test[:panel])  # the first test images: the same panel in every run
+    true = exp.splits.y_test[:panel]
+    with torch.no_grad():
+        exp.model.eval()
+        predicted = exp.loss.predict_classes(exp.model(images).float())
+    if exp.loss.binary:
+        return  # one output: Grad-CAM per class needs one score per class
+    names = exp.info.class_names or [str(i) for i in range(exp.info.num_classes)]
+    figure = grad_cam_figure(images, grad_cam(exp.model, images, predicted), grad_cam(exp.model, images, true),
+                             predicted.tolist(), true.tolist(), names)
+    logger.figure("cnn/grad_cam", figure, step)
+    filters = filters_grid(exp.model)
+    maps = feature_maps_grid(exp.model, images)
+    logger.images("cnn/first_layer_filters", filters.unsqueeze(0), step)
+    logger.images("cnn/first_layer_feature_maps", maps.unsqueeze(0), step)
 
 
 def run_lr_find(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:

@@ -108,9 +108,9 @@ def grad_cam_figure(images: torch.Tensor, cam_predicted: torch.Tensor, cam_true:
                                             (cam_predicted[i], f"pred {class_names[predicted[i]]}"),
                                             (cam_true[i], f"for {class_names[true[i]]}"))):
             ax = axes[row][i]
-            ax.imshow(img, cmap=cmap)
+            ax.imshow(img.numpy(), cmap=cmap)
             if cam is not None:
-                ax.imshow(cam.cpu(), cmap="jet", alpha=0.5)
+                ax.imshow(cam.cpu().numpy(), cmap="jet", alpha=0.5)
             ax.set_title(label, fontsize=7)
             ax.axis("off")
     fig.suptitle("Grad-CAM: image / predicted class / true class", fontsize=9)
