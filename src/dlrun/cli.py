@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 
 from dlrun import console, preflight
 from dlrun.errors import ConfigError
+from dlrun.interrupt import Interrupted
 
 # What each job of this process ended with; a multirun keeps going past a bad job and reports at the end.
 _jobs: list = []  # sweep.JobResult, one per job
@@ -35,6 +37,12 @@ def _train(cfg: DictConfig) -> float | None:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
     try:
         metrics = run(cfg, run_dir, overrides)
+    except Interrupted as err:
+        # soft_wrap: the command stays on one line, so it can be copied whole.
+        stopped = str(err)[0].upper() + str(err)[1:]
+        console.console.print(f"\n{stopped}. Checkpoint written: {run_dir / 'checkpoints' / 'last.pt'}"
+                              f"\nResume with:  dl-run {shlex.quote(f'resume={run_dir.resolve()}')}", soft_wrap=True)
+        sys.exit(err.exit_code)
     except (ConfigError, FloatingPointError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for the whole stack trace
@@ -64,17 +72,42 @@ def resume_arguments(args: list[str]) -> list[str]:
     if not run_dir.is_dir():
         raise ConfigError(f"'resume={run_dir}': no such directory. Give the run directory that dl-run printed "
                           f"at the end of the run (outputs/<date>/<time>).", key="resume")
-    if not saved.is_file() or not (run_dir / "checkpoints" / "last.pt").is_file():
+    checkpoints = run_dir / "checkpoints"
+    if not saved.is_file() or not any((checkpoints / name).is_file() for name in ("last.pt", "previous.pt")):
         raise ConfigError(f"'resume={run_dir}' is not a dl-run run directory with a checkpoint: expected "
-                          f"{saved} and {run_dir / 'checkpoints' / 'last.pt'}.", key="resume")
+                          f"{saved} and {checkpoints / 'last.pt'}.", key="resume")
     given = [a for a in args if not a.startswith("resume=")]
     given_keys = {_override_key(a) for a in given if "=" in a}
     original = [o for o in yaml.safe_load(saved.read_text()) or []
                 if _override_key(o) not in given_keys | {"resume", "hydra.run.dir"}]
     # hydra.output_subdir=null: Hydra must not rewrite the run's .hydra/ before the new overrides are checked;
     # run() records them itself once the config has proved valid.
-    return original + given + [f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null",
-                               f"resume={run_dir.resolve()}"]
+    return _config_dir_of(run_dir, given) + original + given + [
+        f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null", f"resume={run_dir.resolve()}"]
+
+
+def _config_dir_of(run_dir: Path, given: list[str]) -> list[str]:
+    """The run's own --config-dir (Hydra records it), unless one is given again: its configs are the run's."""
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if any(a in ("--config-dir", "-cd") or a.startswith("--config-dir=") for a in given) or not hydra_yaml.is_file():
+        return []
+    sources = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get(
+        "config_sources", [])
+    return [arg for s in sources if s.get("provider") == "command-line" and s.get("schema") == "file"
+            for arg in ("--config-dir", s["path"])]
+
+
+def refuse_existing_run(args: list[str]) -> None:
+    """A new run must not write into a directory that holds another run's checkpoints."""
+    if any(a.startswith("resume=") for a in args) or any(a in ("-m", "--multirun") for a in args):
+        return
+    for arg in args:
+        if arg.startswith("hydra.run.dir="):
+            run_dir = Path(arg.split("=", 1)[1]).expanduser()
+            if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt")):
+                raise ConfigError(f"'hydra.run.dir={run_dir}' already holds a run (its checkpoints are in "
+                                  f"{run_dir / 'checkpoints'}). Continue it with dl-run resume={run_dir}, or give a "
+                                  f"new directory.", key="hydra.run.dir")
 
 
 def report_sweep(sweep_dir: Path) -> None:
@@ -124,6 +157,7 @@ def main() -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
+        refuse_existing_run(sys.argv[1:])
         sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
         preflight.check(sys.argv[1:])
     except ConfigError as err:
@@ -131,7 +165,11 @@ def main() -> None:
             raise
         console.print_error(str(err))
         sys.exit(2)
-    _train()
+    try:
+        _train()
+    except KeyboardInterrupt:  # before training started (training itself stops cleanly on its own)
+        console.print_error("Interrupted before training started; nothing was trained.")
+        sys.exit(130)
     if _sweep_dirs:
         report_sweep(Path(next(iter(_sweep_dirs))))
     if any(job.status == "failed" for job in _jobs):

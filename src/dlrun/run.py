@@ -24,6 +24,7 @@ from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary, initial_loss_check
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
+from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
 from dlrun.losses import LOSSES, output_layer
@@ -152,17 +153,24 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     exp = Experiment(cfg, run_dir)
     if cfg["mode"] == "lr_find":
         return run_lr_find(exp, cfg, run_dir, overrides)
-    if cfg.get("resume"):
-        record_config(run_dir, cfg_node, overrides)
     checkpoint_dir = run_dir / "checkpoints"
     generator = torch.Generator().manual_seed(cfg["seed"])
     state = None
     if cfg.get("resume"):
-        ckpt = checkpoint.load(checkpoint_dir / "last.pt")
-        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator)
-        console.console.print(f"Resuming from epoch {state.epoch}, step {state.step} ({checkpoint_dir / 'last.pt'})")
+        ckpt, path, problems = checkpoint.load_latest(checkpoint_dir)
+        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path)
+        # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
+        for problem in problems:
+            console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
+        if problems and (checkpoint_dir / checkpoint.LAST).exists():
+            checkpoint.set_aside(checkpoint_dir / checkpoint.LAST)
+        record_config(run_dir, cfg_node, overrides)
+        within = f" (batch {state.batch} of epoch {state.epoch + 1})" if state.batch else ""
+        console.console.print(f"Resuming from epoch {state.epoch}, step {state.step}{within} ({path})")
     else:
         console.config_tree(cfg)
+    for leftover in checkpoint.remove_temporary(checkpoint_dir):
+        console.console.print(f"Removed {leftover.name}, a checkpoint whose writing was interrupted.")
     rows, total, trainable = exp.summary
     console.model_table(rows, total, trainable, exp.info.input_shape)
     console.console.print(f"device {exp.device} ({exp.threads} CPU thread{'s' * (exp.threads > 1)}), "
@@ -189,9 +197,17 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
                if logger.gradients_every_n_steps else None)
     try:
-        with console.EpochProgress(exp.opts.progress) as progress:
-            state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-                        logger, checkpoint_dir, extra, exp.prepare, progress, state, generator, monitor)
+        with console.EpochProgress(exp.opts.progress) as progress, StopOnSignal() as stop, \
+                torch.autograd.set_detect_anomaly(exp.opts.detect_anomaly):
+            try:
+                state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts,
+                            exp.device, logger, checkpoint_dir, extra, exp.prepare, progress, state, generator,
+                            monitor=monitor, stop=stop)
+            except RuntimeError as err:
+                if exp.opts.detect_anomaly and "nan" in str(err).lower():
+                    raise FloatingPointError(f"trainer.detect_anomaly: {err} The warning above shows the forward "
+                                             f"operation that produced it.") from None
+                raise
         vanishing = monitor.vanishing_warning() if monitor is not None else None
         if vanishing:
             console.print_warning(vanishing)
