@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dlrun import console, preflight
 from dlrun.errors import ConfigError
@@ -19,9 +21,13 @@ from dlrun.interrupt import Interrupted
 
 # What each job of this process ended with; a multirun keeps going past a bad job and reports at the end.
 _jobs: list = []  # sweep.JobResult, one per job
+_crashes: list[str] = []  # jobs that failed on something other than the user's input
 _sweep_dirs: set[str] = set()
 # Overrides that change how a run looks, not what it computes: left out of the names of sweep rows.
 QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
+
+# Run and sweep directories end in the process id: two runs started in the same second never share one.
+OmegaConf.register_new_resolver("dlrun_pid", os.getpid, replace=True)
 
 
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
@@ -51,6 +57,19 @@ def _train(cfg: DictConfig) -> float | None:
             remove_unfinished(run_dir)
         _jobs.append(JobResult(name, str(run_dir), error=str(err)))
         return None
+    except Exception as err:  # noqa: BLE001 - a crash in one job of a sweep must not lose the others
+        if hydra_cfg.mode is not RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        traceback.print_exc()
+        error = f"{type(err).__name__}: {err}"
+        console.print_error(f"job {hydra_cfg.job.num} ({name}) crashed: {error}. The sweep goes on.")
+        if run_dir.is_dir():
+            (run_dir / "metrics.json").write_text(json.dumps(
+                {"status": "failed", "error": error, "traceback": traceback.format_exc(), "overrides": overrides},
+                indent=2))
+        _jobs.append(JobResult(name, str(run_dir), error=error))
+        _crashes.append(name)
+        return None
     if metrics.get("mode", "train") != "train":
         return None
     _jobs.append(JobResult(name, str(run_dir), metrics=metrics))
@@ -71,7 +90,7 @@ def resume_arguments(args: list[str]) -> list[str]:
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not run_dir.is_dir():
         raise ConfigError(f"'resume={run_dir}': no such directory. Give the run directory that dl-run printed "
-                          f"at the end of the run (outputs/<date>/<time>).", key="resume")
+                          f"at the end of the run (outputs/<date>/<time>_<pid>).", key="resume")
     checkpoints = run_dir / "checkpoints"
     if not saved.is_file() or not any((checkpoints / name).is_file() for name in ("last.pt", "previous.pt")):
         raise ConfigError(f"'resume={run_dir}' is not a dl-run run directory with a checkpoint: expected "
@@ -126,6 +145,9 @@ def report_sweep(sweep_dir: Path) -> None:
     console.results_table(shown, title=f"sweep: {len(_jobs) - failed} finished job(s)"
                           + (f", {failed} failed" if failed else "") + ", best first"
                           + (f" (all with {' '.join(sorted(common))})" if common and len(_jobs) > 1 else ""))
+    for job in _jobs:
+        if job.status == "failed":
+            console.console.print(f"failed: {job.name}: {job.error}", soft_wrap=True)
     if sweep_dir.is_dir():
         paths = sweep.write(sweep_dir, _jobs)
         console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
@@ -172,6 +194,8 @@ def main() -> None:
         sys.exit(130)
     if _sweep_dirs:
         report_sweep(Path(next(iter(_sweep_dirs))))
+    if _crashes:
+        sys.exit(1)
     if any(job.status == "failed" for job in _jobs):
         sys.exit(2)
 
