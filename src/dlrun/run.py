@@ -28,6 +28,7 @@ from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
 from dlrun.losses import LOSSES, output_layer
+from dlrun.metrics import metric_names
 from dlrun.models import MODELS
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
 from dlrun.reference import least_squares
@@ -104,6 +105,10 @@ class Experiment:
         if cfg.get("task") not in (None, self.info.task):
             raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.info.name}', which is "
                               f"{self.info.task}. Leave task unset, or pick a {cfg['task']} dataset.", key="task")
+        monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in metric_names(self.info.task))]
+        if self.opts.monitor not in monitors:
+            raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
+                              f"valid: {', '.join(monitors)}.", key="trainer.monitor")
         self.loss = LOSSES.build(cfg["loss"], info=self.info, train_targets=self.data.splits.y_train)
         model = MODELS.build(cfg["model"], info=self.info, out_features=self.loss.out_features)
         last = output_layer(self.loss.output_activation)
