@@ -40,7 +40,7 @@ def build(seconds: float = 0.02):
     def slow(x):
         seen[0] += 1
         with open(os.environ.get("STEP_LOG", os.devnull), "w") as handle:
-            handle.write(str(seen[0]))
+            handle.write(f"{seen[0]} {os.getpid()}")
         time.sleep(seconds)
         return x
     return slow
@@ -70,6 +70,7 @@ class Segment:
         self.steps.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         env["STEP_LOG"] = str(self.steps)
+        self.pauses = pause_writes
         if pause_writes:
             env[checkpoint.PAUSE_ENV] = "3"
         with open(self.log, "w") as out:
@@ -92,9 +93,14 @@ class Segment:
         resumed = re.search(r"Resuming from epoch \d+, step (\d+)", self.output())
         return int(resumed.group(1)) if resumed else 0
 
+    def steps_seen(self) -> tuple[int, int]:
+        """Steps this process has taken, and the pid of the process that trains."""
+        seen = self.steps.read_text().split()  # may be caught half-written: then nothing yet
+        return (int(seen[0]), int(seen[1])) if len(seen) == 2 else (0, 0)
+
     def wait_for_step(self, step: int) -> None:
         first = self.start_step()
-        self.wait_until(lambda: first + int(self.steps.read_text() or 0) >= step, f"step {step}")
+        self.wait_until(lambda: first + self.steps_seen()[0] >= step, f"step {step}")
 
     def stop(self, signum: int) -> int:
         self.proc.send_signal(signum)
@@ -144,6 +150,8 @@ def test_killed_at_random_moments_and_resumed_ends_bitwise_identical(workdir):
         if left_a_partial_write:  # the half-written file of the last interruption is cleaned up on start
             assert "Removed .last.pt.tmp" in segment.output(), segment.output()
             assert not (run_dir / "checkpoints" / ".last.pt.tmp").exists()
+        if segment.pauses:  # every write is slowed down in this one: interrupt the first
+            target = resumed_at[-1] + 1
         segment.wait_for_step(target)
         time.sleep(rng.uniform(0, 0.03))  # anywhere inside the step: forward, backward, update, logging
         tmp = run_dir / "checkpoints" / ".last.pt.tmp"
@@ -192,3 +200,19 @@ def test_ctrl_c_in_epoch_3_then_the_printed_command_finishes_the_same_run(workdi
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resuming from epoch 2" in resumed.stdout
     assert_same_as_uninterrupted(workdir, run_dir)
+
+
+def test_a_preempted_submitit_job_checkpoints_requeues_and_resumes_in_its_run_directory(workdir):
+    """submitit's local executor stands in for SLURM: its pre-emption signal, requeue and restart are the same."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = workdir / "preempted"
+    segment = Segment(workdir, ["-m", *ARGS, "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"])
+    segment.wait_for_step(random.randrange(5, EPOCHS * STEPS_PER_EPOCH - 8))
+    os.kill(segment.steps_seen()[1], signal.SIGUSR2)  # to the job's own process, as SLURM signals it
+    assert segment.proc.wait(timeout=300) == 0, segment.output()
+    (job_dir,) = [d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in logs, logs  # submitit requeued it, after our checkpoint
+    assert re.search(r"Stopped by SIGUSR2 (in|at the end of) epoch", logs), logs
+    assert "Requeued: resuming from epoch" in logs, logs
+    assert_same_as_uninterrupted(workdir, job_dir)

@@ -140,9 +140,14 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def exists(directory: Path) -> bool:
+    """Whether a run directory's checkpoints/ holds something to resume from."""
+    return any((directory / name).is_file() for name in (LAST, PREVIOUS))
+
+
 def load_latest(directory: Path) -> tuple[dict[str, Any], Path, list[str]]:
     """The newest loadable checkpoint of a run: last.pt, else previous.pt; with what was wrong with the others."""
-    if not any((directory / name).exists() for name in (LAST, PREVIOUS)):
+    if not exists(directory):
         raise ConfigError(f"No checkpoint in {directory}: the run stopped before writing its first one. Start it "
                           f"again as a new run (without resume=).", key="resume")
     problems: list[str] = []

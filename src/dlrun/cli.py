@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -48,6 +49,9 @@ def _train(cfg: DictConfig) -> float | None:
         stopped = str(err)[0].upper() + str(err)[1:]
         console.console.print(f"\n{stopped}. Checkpoint written: {run_dir / 'checkpoints' / 'last.pt'}"
                               f"\nResume with:  dl-run {shlex.quote(f'resume={run_dir.resolve()}')}", soft_wrap=True)
+        handler = signal.getsignal(err.signum)
+        if err.signum not in (signal.SIGINT, signal.SIGTERM) and callable(handler):
+            handler(err.signum, None)  # a cluster tool's pre-emption handler: submitit requeues the job and exits
         sys.exit(err.exit_code)
     except (ConfigError, FloatingPointError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -10,6 +10,11 @@ from typing import Any
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def preemption_signal() -> int | None:
+    """The signal a cluster tool sends before it pre-empts or times out a job (submitit's default: SIGUSR2)."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
 class Interrupted(Exception):
     """Training stopped on a signal after writing a checkpoint: the run can be resumed."""
 
@@ -20,16 +25,27 @@ class Interrupted(Exception):
 
 
 class StopOnSignal:
-    """While active, SIGINT/SIGTERM set `signum` for the loop to see; a second one exits at once."""
+    """While active, SIGINT/SIGTERM set `signum` for the loop to see; a second one exits at once.
+
+    Under a cluster tool that handles the pre-emption signal itself (submitit requeues the job), that signal
+    is caught too, and handed back to the tool once the checkpoint is written (see cli.py).
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopOnSignal":
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+            return self
+        wanted = [signal.SIGINT]
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # submitit ignores SIGTERM on purpose
+            wanted.append(signal.SIGTERM)
+        preempt = preemption_signal()
+        if preempt is not None and callable(signal.getsignal(preempt)):
+            wanted.append(preempt)
+        for signum in wanted:
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: Any) -> None:

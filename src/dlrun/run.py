@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -161,7 +162,9 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     checkpoint_dir = run_dir / "checkpoints"
     generator = torch.Generator().manual_seed(cfg["seed"])
     state = None
-    if cfg.get("resume"):
+    # A job that a cluster tool requeued after pre-empting it starts again in its own run directory.
+    requeued = not cfg.get("resume") and bool(os.environ.get("SUBMITIT_EXECUTOR")) and checkpoint.exists(checkpoint_dir)
+    if cfg.get("resume") or requeued:
         ckpt, path, problems = checkpoint.load_latest(checkpoint_dir)
         state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path)
         # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
@@ -169,9 +172,11 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
             console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
         if problems and (checkpoint_dir / checkpoint.LAST).exists():
             checkpoint.set_aside(checkpoint_dir / checkpoint.LAST)
-        record_config(run_dir, cfg_node, overrides)
+        if not requeued:
+            record_config(run_dir, cfg_node, overrides)
         within = f" (batch {state.batch} of epoch {state.epoch + 1})" if state.batch else ""
-        console.console.print(f"Resuming from epoch {state.epoch}, step {state.step}{within} ({path})")
+        console.console.print(f"{'Requeued: r' if requeued else 'R'}esuming from epoch {state.epoch}, step "
+                              f"{state.step}{within} ({path})")
     else:
         console.config_tree(cfg)
     for leftover in checkpoint.remove_temporary(checkpoint_dir):
