@@ -44,6 +44,14 @@ def _train(cfg: DictConfig) -> float | None:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
     try:
         metrics = run(cfg, run_dir, overrides)
+    except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written
+        resume = f"dl-run {shlex.quote(f'resume={run_dir.resolve()}')}"
+        console.print_error("Interrupted outside the training loop. " + (
+            f"Its checkpoints are intact; continue with:  {resume}" if (run_dir / "checkpoints" / "last.pt").is_file()
+            else "Nothing was trained yet."))
+        if not cfg.get("resume"):
+            remove_unfinished(run_dir)
+        sys.exit(130)
     except Interrupted as err:
         # soft_wrap: the command stays on one line, so it can be copied whole.
         stopped = str(err)[0].upper() + str(err)[1:]
