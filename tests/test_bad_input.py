@@ -4,8 +4,10 @@ left looking like a run; and no earlier run directory changed in any way."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -86,26 +88,50 @@ def snapshot(outputs: Path) -> dict[str, tuple[bytes, int]]:
             if p.is_file()}
 
 
-@pytest.mark.parametrize("args,words", CASES, ids=[" ".join(a) for a, _ in CASES])
-def test_bad_input_is_refused_clearly(dl_run, tmp_path, earlier_runs, args, words):
-    (tmp_path / "data.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
-    (tmp_path / "empty.csv").write_text("")
-    (tmp_path / "text.csv").write_text("a,b,y\n1,2,0\n3,x,1\n")
-    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x01\x80\x81")
-    (tmp_path / "folder").mkdir()
-    outputs = tmp_path / "outputs"
+IDS = [" ".join(a) for a, _ in CASES]
+
+
+def refuse(args: list[str], workdir: Path, earlier_runs: dict[str, Path]) -> dict:
+    """Run one case in a directory of its own holding the input files and copies of the earlier runs."""
+    workdir.mkdir(parents=True)
+    (workdir / "data.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
+    (workdir / "empty.csv").write_text("")
+    (workdir / "text.csv").write_text("a,b,y\n1,2,0\n3,x,1\n")
+    (workdir / "binary.csv").write_bytes(b"\xff\xfe\x00\x01\x80\x81")
+    (workdir / "folder").mkdir()
+    outputs = workdir / "outputs"
     places = {name: outputs / name for name in earlier_runs}
     for name, source in earlier_runs.items():
         shutil.copytree(source, places[name])
     before = snapshot(outputs)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([DL_RUN, *(a.format(**places) for a in args), "trainer.progress=false"], cwd=workdir,
+                          capture_output=True, text=True, timeout=300, env=env)
+    return {"code": proc.returncode, "output": proc.stdout + proc.stderr, "places": places,
+            "unchanged": snapshot(outputs) == before}
 
-    result = dl_run(*(a.format(**places) for a in args), "trainer.progress=false")
-    assert result.code != 0
-    assert "Traceback" not in result.output
+
+@pytest.fixture(scope="module")
+def refusals(request, earlier_runs, tmp_path_factory) -> dict[str, dict]:
+    """The selected cases, two processes at a time: each spends most of its time importing torch on one core."""
+    selected = {item.callspec.id for item in request.session.items
+                if getattr(item, "originalname", None) == "test_bad_input_is_refused_clearly"}
+    root = tmp_path_factory.mktemp("refusals")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case_id: pool.submit(refuse, args, root / f"case{n}", earlier_runs)
+                   for n, (case_id, (args, _)) in enumerate(zip(IDS, CASES)) if case_id in selected}
+        return {case_id: future.result() for case_id, future in futures.items()}
+
+
+@pytest.mark.parametrize("args,words", CASES, ids=IDS)
+def test_bad_input_is_refused_clearly(refusals, request, args, words):
+    outcome = refusals[request.node.callspec.id]
+    assert outcome["code"] != 0
+    assert "Traceback" not in outcome["output"]
     for word in words:
-        word = word.format(**places)
-        assert word in result.output, f"{word!r} missing from: {result.output}"
-    assert snapshot(outputs) == before  # no new run directory, and the earlier runs exactly as they were
+        word = word.format(**outcome["places"])
+        assert word in outcome["output"], f"{word!r} missing from: {outcome['output']}"
+    assert outcome["unchanged"]  # no new run directory, and the earlier runs exactly as they were
 
 
 def test_bad_input_leaves_an_earlier_run_untouched(dl_run, tmp_path):

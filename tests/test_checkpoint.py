@@ -16,7 +16,7 @@ from dlrun import checkpoint
 from dlrun.errors import ConfigError
 from dlrun.run import run
 
-IRIS = ("dataset=iris", "model.hidden=[8]", "trainer.deterministic=true", "trainer.batch_size=16")
+IRIS = ("dataset=iris", "model.hidden=[8]", "model.dropout=0.2", "trainer.deterministic=true", "trainer.batch_size=16")
 
 
 def train(run_dir: Path, *overrides: str) -> dict:

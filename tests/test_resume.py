@@ -26,7 +26,10 @@ from conftest import DL_RUN
 from dlrun import checkpoint
 
 STEPS_PER_EPOCH, EPOCHS, LOG_EVERY = 13, 5, 3  # iris: 97 training flowers in batches of 8
-ARGS = ("--config-dir", "conf", "augmentation=slow", "dataset=iris", "model.hidden=[8]", f"trainer.epochs={EPOCHS}",
+# Dropout draws from torch's RNG every step and the scheduler changes the rate every step: a resume that
+# missed either state would not end bitwise identical.
+ARGS = ("--config-dir", "conf", "augmentation=slow", "dataset=iris", "model.hidden=[8]", "model.dropout=0.2",
+        "scheduler=warmup_cosine", "trainer.early_stopping_patience=3", f"trainer.epochs={EPOCHS}",
         "trainer.batch_size=8", "trainer.deterministic=true", "trainer.device=cpu",
         "trainer.checkpoint_every_n_steps=4", f"logger.log_every_n_steps={LOG_EVERY}")
 
@@ -166,6 +169,8 @@ def test_killed_at_random_moments_and_resumed_ends_bitwise_identical(workdir):
             assert f"Resume with:  dl-run resume={run_dir}" in segment.output(), segment.output()
         else:  # the first Ctrl-C starts the checkpoint; the second, inside its write, exits at once
             segment.proc.send_signal(signal.SIGINT)
+            # Two signals before Python's handler runs would count as one: wait until it has seen the first.
+            segment.wait_until(lambda: "SIGINT: finishing this step" in segment.output(), "the first Ctrl-C")
             segment.wait_until(tmp.exists, "the checkpoint write after Ctrl-C")
             started = time.monotonic()
             assert segment.stop(signal.SIGINT) == 130, segment.output()
