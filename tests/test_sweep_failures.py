@@ -21,7 +21,7 @@ def build(fail: bool = False):
         return x
     return augment
 '''
-TINY = ("dataset=iris", "model.hidden=[8]", "trainer.epochs=1", "trainer.progress=false")
+TINY = ("dataset=digits", "model.hidden=[8]", "trainer.epochs=1", "trainer.progress=false")  # augmentations need images
 
 
 def test_a_crashed_job_is_recorded_the_others_finish_and_sweeps_never_share_a_directory(tmp_path):
