@@ -1,10 +1,20 @@
-"""Bad input: a non-zero exit, one clear message naming the key, the value and what is valid,
-no traceback, and no run directory left looking like a run."""
+"""The bad-input catalogue, through the real `dl-run` script: each case must end with a non-zero exit and
+one clear message naming the key or file, the value and what is valid; no traceback; no new run directory
+left looking like a run; and no earlier run directory changed in any way."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 
+from conftest import DL_RUN
+
+# {run} is an earlier, finished run in outputs/; {damaged} one whose checkpoints are both truncated.
 CASES = [
     # (arguments, words the message must contain)
     (["model=mlpp"], ["model=mlpp", "linear, mlp, polynomial", "Did you mean 'mlp'"]),
@@ -35,21 +45,93 @@ CASES = [
     (["dataset=mnist", "dataset.root=nowhere", "dataset.download=false"],
      ["nowhere/MNIST/raw", "train-images-idx3-ubyte", "dataset.download=true"]),
     (["model=torchvision", "model.arch=resnet81"], ["model.arch=resnet81", "Did you mean 'resnet18'"]),
+    # Files that exist but cannot be used.
+    (["dataset=csv", "dataset.path=empty.csv", "dataset.target=y"], ["dataset.path=empty.csv", "no data rows"]),
+    (["dataset=csv", "dataset.path=text.csv", "dataset.target=y"], ["text.csv, line 3, column 'b'",
+                                                                    "'x' is not a number"]),
+    (["dataset=csv", "dataset.path=folder", "dataset.target=y"], ["dataset.path=folder", "is a directory"]),
+    (["dataset=csv", "dataset.path=binary.csv", "dataset.target=y"], ["dataset.path=binary.csv",
+                                                                      "not a text CSV file"]),
+    # Values no run could use.
+    (["trainer.monitor=val/accurracy"], ["trainer.monitor=val/accurracy", "val/loss, train/loss, val/accuracy"]),
+    (["optimizer.weight_decay=-1"], ["optimizer.weight_decay=-1.0", "zero or positive"]),
+    (["trainer.checkpoint_every_n_steps=0"], ["trainer.checkpoint_every_n_steps=0", "positive integer or null"]),
+    (["dataset.val_fraction=0.6", "dataset.test_fraction=0.6"], ["dataset.val_fraction=0.6", "below 0.9"]),
+    # Runs that cannot be resumed or must not be overwritten.
+    (["resume=folder"], ["resume=folder", "not a dl-run run directory", "overrides.yaml"]),
+    ([r"resume={damaged}"], ["{damaged}/checkpoints/last.pt is truncated", "previous.pt is truncated",
+                             "start a new one"]),
+    ([r"resume={run}", "model.hidden=[16]"], ["another model architecture",
+                                              "'1.weight' has shape (8, 4) in the checkpoint but (16, 4)"]),
+    ([r"resume={run}", "optimizer=sgd"], ["another optimizer", "run's own optimizer"]),
+    ([r"hydra.run.dir={run}"], ["hydra.run.dir={run}", "already holds a run", "resume={run}"]),
 ]
 
 
-@pytest.mark.parametrize("args,words", CASES, ids=[" ".join(a) for a, _ in CASES])
-def test_bad_input_is_refused_clearly(dl_run, tmp_path, args, words):
-    (tmp_path / "data.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
-    result = dl_run(*args, "trainer.progress=false")
-    assert result.code != 0
-    assert "Traceback" not in result.output
+@pytest.fixture(scope="module")
+def earlier_runs(tmp_path_factory) -> dict[str, Path]:
+    """A finished run, and a copy of it whose checkpoints are cut short."""
+    root = tmp_path_factory.mktemp("earlier")
+    done = subprocess.run([DL_RUN, "dataset=iris", "model.hidden=[8]", "trainer.epochs=2", "trainer.progress=false",
+                           "hydra.run.dir=run"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shutil.copytree(root / "run", root / "damaged")
+    for name in ("last.pt", "previous.pt"):
+        path = root / "damaged" / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[:500])
+    return {"run": root / "run", "damaged": root / "damaged"}
+
+
+def snapshot(outputs: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under outputs/ with its bytes and modification time (empty date folders do not count)."""
+    return {str(p.relative_to(outputs)): (p.read_bytes(), p.stat().st_mtime_ns) for p in outputs.rglob("*")
+            if p.is_file()}
+
+
+IDS = [" ".join(a) for a, _ in CASES]
+
+
+def refuse(args: list[str], workdir: Path, earlier_runs: dict[str, Path]) -> dict:
+    """Run one case in a directory of its own holding the input files and copies of the earlier runs."""
+    workdir.mkdir(parents=True)
+    (workdir / "data.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
+    (workdir / "empty.csv").write_text("")
+    (workdir / "text.csv").write_text("a,b,y\n1,2,0\n3,x,1\n")
+    (workdir / "binary.csv").write_bytes(b"\xff\xfe\x00\x01\x80\x81")
+    (workdir / "folder").mkdir()
+    outputs = workdir / "outputs"
+    places = {name: outputs / name for name in earlier_runs}
+    for name, source in earlier_runs.items():
+        shutil.copytree(source, places[name])
+    before = snapshot(outputs)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([DL_RUN, *(a.format(**places) for a in args), "trainer.progress=false"], cwd=workdir,
+                          capture_output=True, text=True, timeout=300, env=env)
+    return {"code": proc.returncode, "output": proc.stdout + proc.stderr, "places": places,
+            "unchanged": snapshot(outputs) == before}
+
+
+@pytest.fixture(scope="module")
+def refusals(request, earlier_runs, tmp_path_factory) -> dict[str, dict]:
+    """The selected cases, two processes at a time: each spends most of its time importing torch on one core."""
+    selected = {item.callspec.id for item in request.session.items
+                if getattr(item, "originalname", None) == "test_bad_input_is_refused_clearly"}
+    root = tmp_path_factory.mktemp("refusals")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case_id: pool.submit(refuse, args, root / f"case{n}", earlier_runs)
+                   for n, (case_id, (args, _)) in enumerate(zip(IDS, CASES)) if case_id in selected}
+        return {case_id: future.result() for case_id, future in futures.items()}
+
+
+@pytest.mark.parametrize("args,words", CASES, ids=IDS)
+def test_bad_input_is_refused_clearly(refusals, request, args, words):
+    outcome = refusals[request.node.callspec.id]
+    assert outcome["code"] != 0
+    assert "Traceback" not in outcome["output"]
     for word in words:
-        assert word in result.output, f"{word!r} missing from: {result.output}"
-    assert not list((tmp_path / "outputs").rglob("metrics.json")) if (tmp_path / "outputs").exists() else True
-    leftovers = [p for p in (tmp_path / "outputs").rglob("*") if p.is_dir() and (p / ".hydra").exists()] \
-        if (tmp_path / "outputs").exists() else []
-    assert leftovers == []
+        word = word.format(**outcome["places"])
+        assert word in outcome["output"], f"{word!r} missing from: {outcome['output']}"
+    assert outcome["unchanged"]  # no new run directory, and the earlier runs exactly as they were
 
 
 def test_bad_input_leaves_an_earlier_run_untouched(dl_run, tmp_path):

@@ -1,9 +1,14 @@
-"""Checkpoints: everything needed to continue a run, saved so that loading can never run code."""
+"""Checkpoints: everything needed to continue a run, written so that a kill at any instant loses nothing
+and loaded so that a file can never run code."""
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import random
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +16,10 @@ import numpy as np
 import torch
 
 from dlrun.errors import ConfigError
+
+LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
+# Tests only: seconds to pause half-way through writing a checkpoint, so a kill can land inside the write.
+PAUSE_ENV = "DLRUN_TEST_CHECKPOINT_PAUSE"
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -40,22 +49,124 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a temporary file in the same folder, then a rename."""
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write a checkpoint atomically: a temporary file in the same folder, fsynced, then a rename.
+
+    keep_previous first renames the file being replaced to previous.pt, so a checkpoint that later proves
+    unreadable still has a good one behind it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as handle:
+            pause = float(os.environ.get(PAUSE_ENV, 0) or 0)
+            if pause:
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                data = buffer.getvalue()
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                time.sleep(pause)
+                handle.write(data[len(data) // 2:])
+            else:
+                torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):  # a full disk, a read-only folder: the old checkpoint is still there
+            raise ConfigError(f"Cannot write checkpoint {path}: {err.strerror or err}. The previous checkpoint "
+                              f"{path.name} is untouched; free some space (or fix the folder) and resume.",
+                              key="checkpoint") from None
+        raise
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(PREVIOUS))
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames durable too (a power cut after os.replace could otherwise undo them)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows cannot open a folder: the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temporary(directory: Path) -> list[Path]:
+    """Delete half-written checkpoints that a killed run left behind; return what was removed."""
+    removed = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for leftover in removed:
+        leftover.unlink(missing_ok=True)
+    return removed
 
 
 def load(path: Path) -> dict[str, Any]:
     """Read a checkpoint; tensors and plain data only, so a crafted file cannot execute code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            # torch.load does not check the archive's CRCs: a flipped bit would load as a wrong weight.
+            damaged = archive.testzip()
     except FileNotFoundError:
         raise ConfigError(f"No checkpoint at {path}.", key="resume") from None
-    except Exception as err:  # truncated, corrupt, or holding objects that are not plain data
-        raise ConfigError(f"Cannot load checkpoint {path}: {err}", key="resume") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise ConfigError(f"Checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint "
+                          f"({_first_line(err)}).", key="resume") from None
+    if damaged is not None:
+        raise ConfigError(f"Checkpoint {path} is corrupt: its part '{damaged}' fails its checksum.", key="resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err) or "Unsupported" in str(err):
+            raise ConfigError(f"Refused to load checkpoint {path}: it holds Python objects that are not tensors "
+                              f"or plain data, and loading them could run code. dl-run never writes such files.",
+                              key="resume") from None
+        raise ConfigError(f"Checkpoint {path} is corrupt ({_first_line(err)}).", key="resume") from None
+    except Exception as err:  # noqa: BLE001 - any other failure of a damaged archive
+        raise ConfigError(f"Checkpoint {path} is truncated or corrupt ({_first_line(err)}).", key="resume") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def exists(directory: Path) -> bool:
+    """Whether a run directory's checkpoints/ holds something to resume from."""
+    return any((directory / name).is_file() for name in (LAST, PREVIOUS))
+
+
+def load_latest(directory: Path) -> tuple[dict[str, Any], Path, list[str]]:
+    """The newest loadable checkpoint of a run: last.pt, else previous.pt; with what was wrong with the others."""
+    if not exists(directory):
+        raise ConfigError(f"No checkpoint in {directory}: the run stopped before writing its first one. Start it "
+                          f"again as a new run (without resume=).", key="resume")
+    problems: list[str] = []
+    for name in (LAST, PREVIOUS):
+        path = directory / name
+        if not path.exists():
+            if name == LAST:
+                problems.append(f"{path} is missing (the run was stopped while replacing it)")
+            continue
+        try:
+            return load(path), path, problems
+        except ConfigError as err:
+            problems.append(str(err).rstrip("."))
+    raise ConfigError(f"No loadable checkpoint in {directory}: {'; '.join(problems)}. The run cannot be resumed; "
+                      f"start a new one (without resume=).", key="resume")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint out of the way (kept for inspection), so it is never rotated in."""
+    target = path.with_name(path.name + ".corrupt")
+    os.replace(path, target)
+    return target

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
 
-from dlrun.summary import LayerRow
+if TYPE_CHECKING:  # torch takes seconds to import: an error message must not wait for it
+    import torch
+
+    from dlrun.summary import LayerRow
 
 # Piped output (CI logs, subprocess tests) gets a wider page than rich's 80-column default.
 console = Console(highlight=False, width=None if Console().is_terminal else 120)

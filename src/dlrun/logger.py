@@ -53,6 +53,10 @@ class TensorBoardLogger:
             file_writer.add_summary(summary)
         self.scalars(metrics, step)  # the HParams tab reads metric values from scalars of the same tag
 
+    def flush(self) -> None:
+        """Put every event logged so far on disk (called before each checkpoint)."""
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
@@ -83,6 +87,9 @@ class NullLogger:
         pass
 
     def figure(self, tag: str, figure, step: int, close: bool = True) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
     def close(self) -> None:

@@ -27,6 +27,11 @@ def regression_metrics(prediction: torch.Tensor, target: torch.Tensor,
     }
 
 
+def metric_names(task: str) -> tuple[str, ...]:
+    """What evaluate() reports besides the loss for a task."""
+    return ("accuracy",) if task == "classification" else ("mae", "rmse", "r2")
+
+
 def monitor_mode(metric: str) -> str:
     """Whether a metric is better when smaller ('min') or larger ('max')."""
     return "max" if metric.rsplit("/", 1)[-1] in ("accuracy", "r2") else "min"

@@ -19,6 +19,11 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"'{key}={value}' must be positive, e.g. 0.01.", key=key)
 
 
+def _non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"'{key}={value}' must be zero or positive, e.g. 0.0001.", key=key)
+
+
 def _fraction(key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"'{key}={value}' must be in [0, 1), e.g. 0.9.", key=key)
@@ -38,6 +43,7 @@ def _fused_if_possible(optimizer: type, params: Iterable, **kwargs) -> torch.opt
 def build_sgd(params: Iterable, lr: float = 0.01, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Plain gradient descent: θ ← θ - γ∇L (full-batch, stochastic or mini-batch by trainer.batch_size)."""
     _positive("optimizer.lr", lr)
+    _non_negative("optimizer.weight_decay", weight_decay)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -46,6 +52,7 @@ def build_momentum(params: Iterable, lr: float = 0.01, momentum: float = 0.9,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """u ← αu - γ∇L(θ); θ ← θ + u: inertia in the step direction (α = momentum)."""
     _positive("optimizer.lr", lr)
+    _non_negative("optimizer.weight_decay", weight_decay)
     _fraction("optimizer.momentum", momentum)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -55,6 +62,7 @@ def build_nesterov(params: Iterable, lr: float = 0.01, momentum: float = 0.9,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Momentum with the gradient taken at the look-ahead point θ + αu."""
     _positive("optimizer.lr", lr)
+    _non_negative("optimizer.weight_decay", weight_decay)
     _fraction("optimizer.momentum", momentum)
     if momentum == 0:
         raise ConfigError("'optimizer.momentum=0' makes Nesterov plain SGD: use optimizer=sgd, or momentum > 0.",
@@ -67,6 +75,8 @@ def build_adam(params: Iterable, lr: float = 0.001, rho1: float = 0.9, rho2: flo
                weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam: running means of g (ρ1) and g⊙g (ρ2), bias-corrected."""
     _positive("optimizer.lr", lr)
+    _non_negative("optimizer.weight_decay", weight_decay)
+    _non_negative("optimizer.eps", eps)
     _fraction("optimizer.rho1", rho1)
     _fraction("optimizer.rho2", rho2)
     return _fused_if_possible(torch.optim.Adam, params, lr=lr, betas=(rho1, rho2), eps=eps, weight_decay=weight_decay)
@@ -77,6 +87,8 @@ def build_adamw(params: Iterable, lr: float = 0.001, rho1: float = 0.9, rho2: fl
                 weight_decay: float = 0.01) -> torch.optim.Optimizer:
     """Adam with weight decay applied to the weights directly, not through the gradient."""
     _positive("optimizer.lr", lr)
+    _non_negative("optimizer.weight_decay", weight_decay)
+    _non_negative("optimizer.eps", eps)
     _fraction("optimizer.rho1", rho1)
     _fraction("optimizer.rho2", rho2)
     return _fused_if_possible(torch.optim.AdamW, params, lr=lr, betas=(rho1, rho2), eps=eps,
@@ -88,7 +100,10 @@ def build_rmsprop(params: Iterable, lr: float = 0.001, rho: float = 0.99, eps: f
                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """RMSProp: r ← ρr + (1-ρ)g⊙g; θ ← θ - γ g/√r."""
     _positive("optimizer.lr", lr)
+    _non_negative("optimizer.weight_decay", weight_decay)
+    _non_negative("optimizer.eps", eps)
     _fraction("optimizer.rho", rho)
+    _non_negative("optimizer.momentum", momentum)
     return torch.optim.RMSprop(params, lr=lr, alpha=rho, eps=eps, momentum=momentum, weight_decay=weight_decay)
 
 
@@ -97,6 +112,8 @@ def build_adagrad(params: Iterable, lr: float = 0.01, eps: float = 1e-10,
                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adagrad: the step shrinks with the sum of all past squared gradients."""
     _positive("optimizer.lr", lr)
+    _non_negative("optimizer.weight_decay", weight_decay)
+    _non_negative("optimizer.eps", eps)
     return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay)
 
 

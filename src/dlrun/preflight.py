@@ -86,7 +86,7 @@ def check(argv: list[str]) -> None:
         return
     for o in overrides:
         key = o.key_or_group
-        if o.type is not OverrideType.CHANGE or key in groups or key.startswith("hydra.") or o.package:
+        if o.type is not OverrideType.CHANGE or key in groups or key.startswith(("hydra.", "hydra/")) or o.package:
             continue
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg

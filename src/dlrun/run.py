@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -24,9 +25,11 @@ from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary, initial_loss_check
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
+from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
 from dlrun.losses import LOSSES, output_layer
+from dlrun.metrics import metric_names
 from dlrun.models import MODELS
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
 from dlrun.reference import least_squares
@@ -103,6 +106,10 @@ class Experiment:
         if cfg.get("task") not in (None, self.info.task):
             raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.info.name}', which is "
                               f"{self.info.task}. Leave task unset, or pick a {cfg['task']} dataset.", key="task")
+        monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in metric_names(self.info.task))]
+        if self.opts.monitor not in monitors:
+            raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
+                              f"valid: {', '.join(monitors)}.", key="trainer.monitor")
         self.loss = LOSSES.build(cfg["loss"], info=self.info, train_targets=self.data.splits.y_train)
         model = MODELS.build(cfg["model"], info=self.info, out_features=self.loss.out_features)
         last = output_layer(self.loss.output_activation)
@@ -152,17 +159,28 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     exp = Experiment(cfg, run_dir)
     if cfg["mode"] == "lr_find":
         return run_lr_find(exp, cfg, run_dir, overrides)
-    if cfg.get("resume"):
-        record_config(run_dir, cfg_node, overrides)
     checkpoint_dir = run_dir / "checkpoints"
     generator = torch.Generator().manual_seed(cfg["seed"])
     state = None
-    if cfg.get("resume"):
-        ckpt = checkpoint.load(checkpoint_dir / "last.pt")
-        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator)
-        console.console.print(f"Resuming from epoch {state.epoch}, step {state.step} ({checkpoint_dir / 'last.pt'})")
+    # A job that a cluster tool requeued after pre-empting it starts again in its own run directory.
+    requeued = not cfg.get("resume") and bool(os.environ.get("SUBMITIT_EXECUTOR")) and checkpoint.exists(checkpoint_dir)
+    if cfg.get("resume") or requeued:
+        ckpt, path, problems = checkpoint.load_latest(checkpoint_dir)
+        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path)
+        # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
+        for problem in problems:
+            console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
+        if problems and (checkpoint_dir / checkpoint.LAST).exists():
+            checkpoint.set_aside(checkpoint_dir / checkpoint.LAST)
+        if not requeued:
+            record_config(run_dir, cfg_node, overrides)
+        within = f" (batch {state.batch} of epoch {state.epoch + 1})" if state.batch else ""
+        console.console.print(f"{'Requeued: r' if requeued else 'R'}esuming from epoch {state.epoch}, step "
+                              f"{state.step}{within} ({path})")
     else:
         console.config_tree(cfg)
+    for leftover in checkpoint.remove_temporary(checkpoint_dir):
+        console.console.print(f"Removed {leftover.name}, a checkpoint whose writing was interrupted.")
     rows, total, trainable = exp.summary
     console.model_table(rows, total, trainable, exp.info.input_shape)
     console.console.print(f"device {exp.device} ({exp.threads} CPU thread{'s' * (exp.threads > 1)}), "
@@ -189,9 +207,17 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
                if logger.gradients_every_n_steps else None)
     try:
-        with console.EpochProgress(exp.opts.progress) as progress:
-            state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-                        logger, checkpoint_dir, extra, exp.prepare, progress, state, generator, monitor)
+        with console.EpochProgress(exp.opts.progress) as progress, StopOnSignal() as stop, \
+                torch.autograd.set_detect_anomaly(exp.opts.detect_anomaly):
+            try:
+                state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts,
+                            exp.device, logger, checkpoint_dir, extra, exp.prepare, progress, state, generator,
+                            monitor=monitor, stop=stop)
+            except RuntimeError as err:
+                if exp.opts.detect_anomaly and "nan" in str(err).lower():
+                    raise FloatingPointError(f"trainer.detect_anomaly: {err} The warning above shows the forward "
+                                             f"operation that produced it.") from None
+                raise
         vanishing = monitor.vanishing_warning() if monitor is not None else None
         if vanishing:
             console.print_warning(vanishing)

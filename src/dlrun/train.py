@@ -18,6 +18,7 @@ from dlrun import checkpoint
 from dlrun.data.base import DataInfo, Splits
 from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
+from dlrun.interrupt import Interrupted, StopOnSignal
 from dlrun.losses import Loss
 from dlrun.metrics import classification_metrics, monitor_mode, regression_metrics
 from dlrun.optim import Schedule
@@ -40,6 +41,8 @@ class TrainerOptions:
     monitor: str = "val/loss"  # the metric that picks the best checkpoint and drives early stopping
     checkpoint_every_n_epochs: int = 1  # last.pt/best.pt are also always written when training ends
     overfit_batches: int = 0  # train (and validate) on this many batches only: can the model learn them by heart?
+    checkpoint_every_n_steps: int | None = None  # also write last.pt mid-epoch, so a kill loses at most N steps
+    detect_anomaly: bool = False  # torch's autograd anomaly detection: slow, names the op that made a NaN
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -70,6 +73,9 @@ class TrainerOptions:
         if self.overfit_batches < 0:
             raise ConfigError(f"'trainer.overfit_batches={self.overfit_batches}' must be 0 (off) or positive.",
                               key="trainer.overfit_batches")
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
+            raise ConfigError(f"'trainer.checkpoint_every_n_steps={self.checkpoint_every_n_steps}' must be a "
+                              f"positive integer or null (only at epoch ends).", key="trainer.checkpoint_every_n_steps")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError(f"'trainer.early_stopping_patience={self.early_stopping_patience}' must be a "
                               f"positive integer or null.", key="trainer.early_stopping_patience")
@@ -90,6 +96,11 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     train_seconds: float = 0.0
+    # Inside the current epoch, so a run stopped mid-epoch resumes exactly where it was:
+    batch: int = 0  # batches of this epoch done
+    order: torch.Tensor | None = None  # this epoch's permutation of the training samples
+    running_loss: torch.Tensor | None = None  # sum of this epoch's batch losses so far
+    scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,8 +193,12 @@ def fit(
     state: TrainState | None = None,
     generator: torch.Generator | None = None,
     monitor: Any = None,
+    stop: StopOnSignal | None = None,
 ) -> TrainState:
-    """Train for opts.epochs (or opts.max_steps), validating every epoch and checkpointing last and best."""
+    """Train for opts.epochs (or opts.max_steps), validating every epoch and checkpointing last and best.
+
+    A signal caught by `stop` ends the current step, writes last.pt and raises Interrupted.
+    """
     state = state or TrainState()
     generator = generator or torch.Generator()
     prepare = prepare or _as_is
@@ -193,19 +208,27 @@ def fit(
     batch_size = opts.batch_size_for(n_train)
     mode = monitor_mode(opts.monitor)
     autocast, scaler = autocast_for(device, opts.mixed_precision)
+    if scaler is not None and state.scaler is not None:
+        scaler.load_state_dict(state.scaler)
     log_every = getattr(logger, "log_every_n_steps", 0)
-    best_snapshot, best_written = None, True
+    # Reading the loss syncs with the GPU, so there it is checked every few steps; on the CPU it is free.
+    check_every = 1 if device.type == "cpu" or opts.detect_anomaly else (log_every or 10)
+    finite_at = state.step  # the last step whose loss is known to be finite
+    best_snapshot = None  # a best checkpoint not yet written: it goes to disk with the next last.pt
     model.train()
 
     while state.epoch < opts.epochs and not _done(state, opts):
         started = time.perf_counter()
-        # Shuffle indices, not samples: the data stays where it is, batches are gathered by index.
-        order = torch.randperm(n_train, generator=generator).to(x_train.device, non_blocking=True)
-        running_loss = torch.zeros((), device=device)
-        batches = 0
+        if state.order is None:  # a new epoch; one resumed mid-way goes on with its saved permutation
+            # Shuffle indices, not samples: the data stays where it is, batches are gathered by index.
+            state.order = torch.randperm(n_train, generator=generator)
+            state.batch, state.running_loss = 0, torch.zeros(())
+        order = state.order.to(x_train.device, non_blocking=True)
+        running_loss = state.running_loss.to(device)
+        batches = order.split(batch_size)
         if progress is not None:
-            progress.start_epoch(state.epoch + 1, opts.epochs, math.ceil(n_train / batch_size))
-        for idx in order.split(batch_size):
+            progress.start_epoch(state.epoch + 1, opts.epochs, len(batches))
+        for idx in batches[state.batch:]:
             # index_select gathers rows far faster than x[idx] (on CPU ~20x for uint8 images).
             xb, yb = prepare(x_train.index_select(0, idx), train=True), y_train.index_select(0, idx)
             if show_batch:  # course 3 §4.1: the first augmented batch, as the network sees it
@@ -233,8 +256,10 @@ def fit(
                 optimizer.step()
             schedule.step("step")
             state.step += 1
-            batches += 1
+            state.batch += 1
             running_loss += loss.detach()
+            if state.step % check_every == 0:
+                finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
             if log_every and state.step % log_every == 0:
                 # One device sync per log interval, not per step.
                 step_values = {"train/loss_step": loss.item()}
@@ -245,16 +270,25 @@ def fit(
                 progress.advance(loss, state.step)
             if _done(state, opts):
                 break
+            stopping = stop is not None and stop.signum is not None
+            every = opts.checkpoint_every_n_steps
+            # Mid-epoch checkpoints only: at the epoch's last batch the epoch-end checkpoint follows at once.
+            if state.batch < len(batches) and (stopping or (every and state.step % every == 0)):
+                finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
+                state.running_loss = running_loss
+                now = time.perf_counter()
+                state.train_seconds, started = state.train_seconds + now - started, now
+                snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
+                _save_checkpoints(checkpoint_dir, snapshot, best_snapshot, logger, model)
+                best_snapshot = None
+                if stopping:
+                    raise Interrupted(stop.signum, f"in epoch {state.epoch + 1}, after step {state.step}")
 
+        finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
+        train_loss = (running_loss / max(state.batch, 1)).item()  # waits for the device: the epoch's time is complete
         state.epoch += 1
-        train_loss = (running_loss / max(batches, 1)).item()  # waits for the device: the epoch's time is complete
+        state.batch, state.order, state.running_loss = 0, None, None
         state.train_seconds += time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"The training loss became {train_loss} in epoch {state.epoch} (step {state.step}). The learning "
-                f"rate is probably too high for this model and data: lower optimizer.lr, or set "
-                f"trainer.gradient_clip."
-            )
         val = evaluate(model, loss_fn, data.x_val, data.y_val, info, opts.eval_batch_size, prepare)
         epoch_metrics = {"train/loss": train_loss, **{f"val/{k}": v for k, v in val.items()},
                          "lr": optimizer.param_groups[0]["lr"]}
@@ -275,15 +309,16 @@ def fit(
         snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
         if is_best:
             # Kept in memory and written with the next checkpoint: many tiny epochs need not each hit the disk.
-            best_snapshot, best_written = copy.deepcopy(snapshot), False
+            best_snapshot = copy.deepcopy(snapshot)
         finished = state.epoch >= opts.epochs or _done(state, opts)
-        if finished or state.epoch % opts.checkpoint_every_n_epochs == 0:
-            checkpoint.save(checkpoint_dir / "last.pt", snapshot)
-            if not best_written:
-                checkpoint.save(checkpoint_dir / "best.pt", best_snapshot)
-                best_written = True
+        stopping = stop is not None and stop.signum is not None
+        if finished or stopping or state.epoch % opts.checkpoint_every_n_epochs == 0:
+            _save_checkpoints(checkpoint_dir, snapshot, best_snapshot, logger, model)
+            best_snapshot = None
         if progress is not None:
             progress.end_epoch(state.epoch, epoch_metrics, is_best)
+        if stopping and not finished:
+            raise Interrupted(stop.signum, f"at the end of epoch {state.epoch} (step {state.step})")
         if state.stopped_early:
             break
     return state
@@ -293,29 +328,82 @@ def _done(state: TrainState, opts: TrainerOptions) -> bool:
     return state.stopped_early or (opts.max_steps is not None and state.step >= opts.max_steps)
 
 
+def _check_finite(running_loss: torch.Tensor, state: TrainState, finite_at: int, optimizer: torch.optim.Optimizer,
+                  checkpoint_dir: Path) -> int:
+    """Stop at the first non-finite loss, before any checkpoint is written from its weights; return the step."""
+    total = running_loss.item()
+    if math.isfinite(total):
+        return state.step
+    where = (f"at step {state.step}" if finite_at >= state.step - 1 else
+             f"between step {finite_at + 1} and step {state.step} (read every few steps to spare GPU syncs)")
+    last = checkpoint_dir / checkpoint.LAST
+    kept = f" The last good checkpoint, {last}, is untouched." if last.exists() else ""
+    anomaly = "" if torch.is_anomaly_enabled() else "; trainer.detect_anomaly=true names the operation that made it"
+    raise FloatingPointError(
+        f"The training loss became {total} {where}, in epoch {state.epoch + 1}. The learning rate "
+        f"({optimizer.param_groups[0]['lr']:g}) is probably too high for this model and data: lower optimizer.lr, or "
+        f"set trainer.gradient_clip{anomaly}.{kept}"
+    )
+
+
+def _save_checkpoints(checkpoint_dir: Path, last: dict[str, Any], best: dict[str, Any] | None, logger: Any,
+                      model: nn.Module) -> None:
+    """Curves first, then best, then last: a checkpoint is never ahead of what it claims was done."""
+    params = [p.detach().isfinite().all() for p in model.parameters()]
+    if params and not bool(torch.stack(params).all()):
+        raise FloatingPointError(f"The weights became NaN or infinite at step {last['train_state']['step']} "
+                                 f"although the loss was finite: lower optimizer.lr or set trainer.gradient_clip. "
+                                 f"No checkpoint was written from them.")
+    flush = getattr(logger, "flush", None)
+    if flush is not None:
+        flush()  # events up to this step reach the disk: a resumed run purges only later ones
+    if best is not None:
+        checkpoint.save(checkpoint_dir / checkpoint.BEST, best)
+    checkpoint.save(checkpoint_dir / checkpoint.LAST, last, keep_previous=True)
+
+
 def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, scaler: Any,
                       state: TrainState, generator: torch.Generator, extra: dict[str, Any]) -> dict[str, Any]:
+    state.scaler = scaler.state_dict() if scaler is not None else None
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "train_state": {k: v for k, v in state.__dict__.items()},
+        "train_state": {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                        for k, v in state.__dict__.items()},
         "rng": checkpoint.rng_state(generator),
         **extra,
     }
 
 
 def restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-            generator: torch.Generator) -> TrainState:
+            generator: torch.Generator, source: Path | str = "the checkpoint") -> TrainState:
     """Put a run back where its checkpoint left it; return its TrainState."""
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise ConfigError(f"The checkpoint does not fit this model (was the config changed?): {err}",
-                          key="resume") from None
+    mismatch = _architecture_mismatch(ckpt["model"], model.state_dict())
+    if mismatch:
+        shown = "; ".join(mismatch[:12]) + (f"; and {len(mismatch) - 12} more" if len(mismatch) > 12 else "")
+        raise ConfigError(f"Checkpoint {source} was written by another model architecture: {shown}. Resume with the "
+                          f"run's own model settings (drop the model overrides), or start a new run.", key="resume")
+    model.load_state_dict(ckpt["model"])
+    saved_groups, groups = ckpt["optimizer"]["param_groups"], optimizer.state_dict()["param_groups"]
+    if len(saved_groups) != len(groups) or set(saved_groups[0]) != set(groups[0]):
+        raise ConfigError(f"Checkpoint {source} was written with another optimizer (settings "
+                          f"{', '.join(sorted(set(saved_groups[0]) - {'params'}))}; this one has "
+                          f"{', '.join(sorted(set(groups[0]) - {'params'}))}). Resume with the run's own optimizer.",
+                          key="resume")
     optimizer.load_state_dict(ckpt["optimizer"])
     if schedule.scheduler is not None and ckpt.get("scheduler") is not None:
         schedule.scheduler.load_state_dict(ckpt["scheduler"])
     checkpoint.set_rng_state(ckpt["rng"], generator)
     return TrainState(**ckpt["train_state"])
+
+
+def _architecture_mismatch(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> list[str]:
+    """Each key that one side lacks, and each shape that differs, in words."""
+    lines = [f"'{k}' {tuple(saved[k].shape)} is in the checkpoint but not in this model" for k in saved
+             if k not in current]
+    lines += [f"'{k}' {tuple(current[k].shape)} is in this model but not in the checkpoint" for k in current
+              if k not in saved]
+    lines += [f"'{k}' has shape {tuple(saved[k].shape)} in the checkpoint but {tuple(current[k].shape)} in this model"
+              for k in saved if k in current and saved[k].shape != current[k].shape]
+    return lines

@@ -106,6 +106,9 @@ def build_csv(
         raise ConfigError("'dataset=csv' needs 'dataset.path=<file.csv>' and 'dataset.target=<column>'.",
                           key="dataset.path")
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"'dataset.path={path}' is a directory, not a CSV file ({file.resolve()}).",
+                          key="dataset.path")
     if not file.is_file():
         raise ConfigError(f"'dataset.path={path}': no such file (looked in {file.resolve()}).", key="dataset.path")
     header, rows = _read_csv(file)
