@@ -1,7 +1,7 @@
 """dl-run's training loop against hand-written PyTorch loops: same model, batch, optimizer and data, one process.
 
     python scripts/benchmark.py                              # MNIST MLP and CNN, one epoch each, on the CPU
-    python scripts/benchmark.py --only mlp --repeats 5       # best of 5, the variants taking turns
+    python scripts/benchmark.py --only mlp --repeats 12      # best of 12, the variants taking turns
     python scripts/benchmark.py --device cuda --speedrun     # on a GPU, plus experiment=mnist_speedrun to 99%
 
 Variants, each timed over the same steps (one epoch of dl-run's MNIST training split, batch 64, Adam lr 1e-3):
@@ -47,6 +47,7 @@ MODELS_UNDER_TEST = {
     "cnn": (["model=cnn", "model.channels=[[32,64]]", "model.padding=0", "model.hidden=[128]"],
             "CNN conv3x3(32) conv3x3(64) maxpool FC128"),
 }
+DEFAULT_REPEATS = {"mlp": 8, "cnn": 2}  # an MLP epoch takes seconds, so more rounds steady its best time
 TARGETS = {  # (numerator, denominator, bound, "max" or "min")
     "mlp": [("dl-run", "minimal loop", 1.15, "max"), ("DataLoader", "dl-run", 4.0, "min")],
     "cnn": [("dl-run", "minimal loop", 1.05, "max")],
@@ -74,13 +75,21 @@ class Stopwatch:
 
 
 class StepClock:
-    """Handed to fit() as its progress display: notes the CPU time at the epoch's start and after each step."""
+    """Handed to fit() as its progress display: notes the CPU time at the epoch's start and after its last step.
+
+    Only the last step reads the clock: reading the process's CPU clock costs ~50 µs in a VM.
+    """
+
+    def __init__(self, last_step: int) -> None:
+        self.last = last_step
+        self.started = self.ended = 0.0
 
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
-        self.started = self.last_step = time.process_time()
+        self.started = time.process_time()
 
     def advance(self, loss: torch.Tensor, step: int) -> None:
-        self.last_step = time.process_time()  # ~1 µs a step, charged to dl-run
+        if step == self.last:
+            self.ended = time.process_time()
 
     def end_epoch(self, epoch: int, metrics: dict, is_best: bool) -> None:
         pass
@@ -91,7 +100,7 @@ def compose_config(*overrides: str) -> dict:
         return OmegaConf.to_container(compose(config_name="train", overrides=list(overrides)), resolve=True)
 
 
-def time_dlrun(overrides: list[str], work: Path) -> tuple[tuple[float, float], int, Experiment]:
+def time_dlrun(overrides: list[str], work: Path, steps: int) -> tuple[tuple[float, float], int, Experiment]:
     """Build the experiment as `dl-run` does and train one epoch with fit().
 
     Wall seconds: fit's own clock (TrainState.train_seconds: the epoch's steps, validation and checkpoints
@@ -99,13 +108,14 @@ def time_dlrun(overrides: list[str], work: Path) -> tuple[tuple[float, float], i
     """
     exp = Experiment(compose_config(*overrides), work)
     logger = LOGGERS.build({"name": "tensorboard"}, run_dir=work)
-    clock = StepClock()
+    clock = StepClock(steps)
     try:
         state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
                     logger, work / "checkpoints", {}, exp.prepare, clock, None, torch.Generator().manual_seed(0))
     finally:
         logger.close()
-    return (state.train_seconds, clock.last_step - clock.started), state.step, exp
+    assert state.step == steps, f"dl-run took {state.step} steps, not {steps}"
+    return (state.train_seconds, clock.ended - clock.started), state.step, exp
 
 
 def time_minimal(exp: Experiment, model_cfg: dict, x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int,
@@ -156,14 +166,14 @@ def benchmark(name: str, args: argparse.Namespace, threads: int, work: Path) -> 
                  f"trainer.device={args.device}", f"trainer.threads={threads}", "trainer.progress=false",
                  *([f"trainer.max_steps={args.steps}"] if args.steps else [])]
     # Warm-up, not timed: a model's first steps create the process's oneDNN/cuDNN kernels and caches.
-    _, _, exp = time_dlrun([*overrides, "trainer.max_steps=3"], work / f"{name}-warmup")
+    _, _, exp = time_dlrun([*overrides, "trainer.max_steps=3"], work / f"{name}-warmup", 3)
     x, y = exp.prepare(exp.splits.x_train), exp.splits.y_train  # the same split, standardised once, same device
     model_cfg = compose_config(*overrides)["model"]
     for same_kernels in (False, True):
         time_minimal(exp, model_cfg, x, y, 3, args.batch_size, same_kernels)
     steps = -(-len(x) // args.batch_size) if not args.steps else min(args.steps, -(-len(x) // args.batch_size))
     variants = {
-        "dl-run": lambda r: time_dlrun(overrides, work / f"{name}-{r}")[0],
+        "dl-run": lambda r: time_dlrun(overrides, work / f"{name}-{r}", steps)[0],
         "minimal loop": lambda r: time_minimal(exp, model_cfg, x, y, steps, args.batch_size, False),
     }
     if name == "mlp":  # where the per-step kernels and the data path weigh; a CNN's step is its convolutions
@@ -172,7 +182,7 @@ def benchmark(name: str, args: argparse.Namespace, threads: int, work: Path) -> 
         variants["DataLoader"] = lambda r: time_dataloader(exp, model_cfg, args.mnist_root, steps, args.batch_size)
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     order = list(variants)
-    for r in range(args.repeats):
+    for r in range(args.repeats or DEFAULT_REPEATS[name]):
         for variant in order[r % len(order):] + order[:r % len(order)]:  # each variant takes a turn going first
             times[variant].append(variants[variant](r))
         print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f}s wall/{v[-1][1]:.2f}s CPU"
@@ -211,8 +221,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu, as the targets are stated)")
     parser.add_argument("--threads", default="auto", help="CPU threads for every variant (default: dl-run's auto)")
     parser.add_argument("--only", default="mlp,cnn", help="which benchmarks: mlp, cnn or both (default mlp,cnn)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="rounds, each variant going first in turn; the best time of each counts (default 2)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="rounds, each variant going first in turn; the best time of each counts "
+                             f"(default {', '.join(f'{k} {v}' for k, v in DEFAULT_REPEATS.items())})")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=None, help="stop every variant after this many steps")
     parser.add_argument("--speedrun", action="store_true", help="also run experiment=mnist_speedrun (default on GPU)")
