@@ -56,3 +56,16 @@ def test_a_cnn_run_on_digits_logs_grad_cam_filters_and_a_confusion_matrix(tmp_pa
     events.Reload()
     assert {"cnn/grad_cam", "cnn/first_layer_filters", "cnn/first_layer_feature_maps",
             "test/confusion_matrix"} <= set(events.Tags()["images"])
+
+
+def test_mode_gradcam_on_a_trained_run_writes_its_panel_and_keeps_the_run(dl_run):
+    trained = dl_run("dataset=digits", "model=cnn", "trainer.epochs=1", "trainer.progress=false")
+    assert trained.code == 0, trained.output
+    (run_dir,) = trained.run_dirs()
+    before = (run_dir / "metrics.json").read_text(), (run_dir / ".hydra" / "overrides.yaml").read_text()
+    result = dl_run("mode=gradcam", f"resume={run_dir}")
+    assert result.code == 0, result.output
+    assert (run_dir / "grad_cam.png").read_bytes()[:4] == b"\x89PNG"
+    assert ((run_dir / "metrics.json").read_text(), (run_dir / ".hydra" / "overrides.yaml").read_text()) == before
+    refused = dl_run("mode=gradcam")
+    assert refused.code != 0 and "resume=<run dir>" in refused.output

@@ -37,7 +37,7 @@ from dlrun.registry import check_arguments
 from dlrun.summary import summarize
 from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, resolve_threads, restore
 
-MODES = ("train", "lr_find")
+MODES = ("train", "lr_find", "gradcam")
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
                   "augmentation", "trainer", "logger", "experiment", "lr_find"}
 
@@ -159,6 +159,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     exp = Experiment(cfg, run_dir)
     if cfg["mode"] == "lr_find":
         return run_lr_find(exp, cfg, run_dir, overrides)
+    if cfg["mode"] == "gradcam":
+        return run_gradcam(exp, cfg, run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     generator = torch.Generator().manual_seed(cfg["seed"])
     state = None
@@ -346,6 +348,32 @@ def log_cnn_views(exp: Experiment, logger: Any, step: int, panel: int = 8) -> No
     maps = feature_maps_grid(exp.model, images)
     logger.images("cnn/first_layer_filters", filters.unsqueeze(0), step)
     logger.images("cnn/first_layer_feature_maps", maps.unsqueeze(0), step)
+
+
+def run_gradcam(exp: Experiment, cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """mode=gradcam resume=<run dir>: Grad-CAM of a trained CNN over its test panel, into the same run."""
+    from dlrun import figures
+    from dlrun.diagnostics.cnn import grad_cam, grad_cam_figure
+
+    if not cfg.get("resume"):
+        raise ConfigError("'mode=gradcam' looks inside a trained run: give it with resume=<run dir>, e.g. "
+                          "dl-run mode=gradcam resume=outputs/2026-01-01/12-00-00_1234.", key="mode")
+    if exp.info.task != "classification" or last_conv(exp.model) is None or exp.loss.binary:
+        raise ConfigError(f"'mode=gradcam' needs a CNN classifier with one score per class; the run at {run_dir} "
+                          f"trains model={cfg['model'].get('name')} on {exp.info.task}.", key="mode")
+    checkpoint_dir = run_dir / "checkpoints"
+    path = checkpoint_dir / ("best.pt" if (checkpoint_dir / "best.pt").exists() else checkpoint.LAST)
+    exp.model.load_state_dict(checkpoint.load(path)["model"])
+    images, true = exp.prepare(exp.splits.x_test[:8]), exp.splits.y_test[:8]
+    with torch.no_grad():
+        exp.model.eval()
+        predicted = exp.loss.predict_classes(exp.model(images).float())
+    names = exp.info.class_names or [str(i) for i in range(exp.info.num_classes)]
+    figure = grad_cam_figure(images, grad_cam(exp.model, images, predicted), grad_cam(exp.model, images, true),
+                             predicted.tolist(), true.tolist(), names)
+    png = figures.save(figure, run_dir / "grad_cam.png")
+    console.console.print(f"Grad-CAM of {path.name} over 8 test images: {png}", soft_wrap=True)
+    return {"status": "completed", "mode": "gradcam", "checkpoint": str(path), "figure": str(png)}
 
 
 def run_lr_find(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
