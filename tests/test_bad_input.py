@@ -65,6 +65,10 @@ CASES = [
                                               "'1.weight' has shape (8, 4) in the checkpoint but (16, 4)"]),
     ([r"resume={run}", "optimizer=sgd"], ["another optimizer", "run's own optimizer"]),
     ([r"hydra.run.dir={run}"], ["hydra.run.dir={run}", "already holds a run", "resume={run}"]),
+    # Time series (course 3 §5.3): windows that do not fit the series, a column that is not there.
+    (["dataset=sine", "dataset.input_length=3000"], ["dataset.input_length=3000", "longer than the 2000 steps"]),
+    (["dataset=sine", "dataset.horizon=0"], ["dataset.horizon=0", "positive"]),
+    (["dataset=csv_timeseries", "dataset.path=data.csv", "dataset.target=price"], ["dataset.target=price", "a, b, y"]),
 ]
 
 

@@ -30,6 +30,8 @@ def test_datasets_split_disjointly_and_reproducibly(name):
     c = DATASETS.build({"name": name}, seed=4)
     for ta, tb in zip(a.splits.tensors(), b.splits.tensors()):
         assert torch.equal(ta, tb)  # same seed, same split
+    if a.info.sequence is not None and a.info.sequence.time_ordered:
+        return  # split by time, not by a seeded shuffle: test_sequences.py checks those splits
     assert not torch.equal(a.splits.x_train, c.splits.x_train)
     sizes = [len(a.splits.x_train), len(a.splits.x_val), len(a.splits.x_test)]
     assert min(sizes) >= 1 and sizes[0] > sizes[2]
@@ -39,7 +41,7 @@ def test_datasets_split_disjointly_and_reproducibly(name):
     if a.info.target_mean is None:
         assert total(a) == pytest.approx(total(whole), rel=1e-6)
     assert sum(sizes) == sum(len(t) for t in (whole.splits.x_train, whole.splits.x_val, whole.splits.x_test))
-    assert a.info.task in ("classification", "regression")
+    assert a.info.task in ("classification", "regression", "seq2seq")
 
 
 def test_standardisation_is_fitted_on_the_training_split_only():

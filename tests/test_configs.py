@@ -15,6 +15,7 @@ from dlrun.data import DATASETS
 from dlrun.errors import ConfigError
 from dlrun.run import Experiment
 from image_fixtures import write_cifar10, write_image_folder, write_mnist
+from series_fixtures import write_series_csv
 
 CONFIGS = resources.files("dlrun.configs")
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
@@ -39,6 +40,8 @@ def test_every_group_has_options_and_every_yaml_starts_with_a_command():
 # Datasets that read files get tiny ones written for the test: nothing is downloaded.
 FILE_FIXTURES = {
     "csv": lambda tmp: [f"dataset.path={_csv(tmp)}", "dataset.target=y"],
+    "csv_timeseries": lambda tmp: [f"dataset.path={write_series_csv(tmp / 'series.csv')}", "dataset.target=y"],
+    "mnist_rows": lambda tmp: [f"dataset.root={write_mnist(tmp / 'data')}", "dataset.download=false"],
     "mnist": lambda tmp: [f"dataset.root={write_mnist(tmp / 'data')}", "dataset.download=false"],
     "fashion_mnist": lambda tmp: [f"dataset.root={write_mnist(tmp / 'data', 'FashionMNIST')}",
                                   "dataset.download=false"],

@@ -1,8 +1,13 @@
-"""Metrics a learner reads: accuracy for classification; MAE, RMSE and R² for regression."""
+"""Metrics a learner reads: accuracy for classification; MAE, RMSE and R² for regression; for forecasting
+the same errors of the naive forecasts."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from dlrun.data.base import DataInfo, SequenceInfo
+from dlrun.losses import Loss
 
 
 def classification_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -32,6 +37,39 @@ def metric_names(task: str) -> tuple[str, ...]:
     return ("accuracy",) if task == "classification" else ("mae", "rmse", "r2")
 
 
+def naive_forecasts(x: torch.Tensor, seq: SequenceInfo) -> dict[str, torch.Tensor]:
+    """The trivial forecasts a network must beat: the last value, and the value one period earlier."""
+    series = x[:, :, seq.target_feature]
+    forecasts = {"naive": series[:, -1:].expand(-1, seq.horizon)}
+    if seq.period is not None:
+        # Step h ahead repeats the value ceil(h/period) periods back, which the window holds (period <= length).
+        ahead = torch.arange(1, seq.horizon + 1)
+        back = ahead - seq.period * torch.ceil(ahead / seq.period).long()
+        forecasts["seasonal_naive"] = series[:, (seq.length - 1 + back).to(x.device)]
+    return forecasts
+
+
+def forecast_baselines(x: torch.Tensor, y: torch.Tensor, info: DataInfo) -> dict[str, float]:
+    """MAE and RMSE of the naive forecasts, in the target's original units."""
+    out = {}
+    for name, forecast in naive_forecasts(x, info.sequence).items():
+        scores = regression_metrics(forecast, y, info.target_mean, info.target_std)
+        out.update({f"{name}_mae": scores["mae"], f"{name}_rmse": scores["rmse"]})
+    return out
+
+
+def task_metrics(model: nn.Module, loss_fn: Loss, output: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 info: DataInfo, batch_size: int) -> dict[str, float]:
+    """The metrics of the dataset's task, computed from the model's outputs over one split."""
+    if info.task == "classification":
+        return classification_metrics(loss_fn.predict_classes(output), y)
+    metrics = regression_metrics(output, y, info.target_mean, info.target_std)
+    if info.sequence is not None and info.sequence.forecasting:
+        metrics.update(forecast_baselines(x, y, info))
+    return metrics
+
+
 def monitor_mode(metric: str) -> str:
     """Whether a metric is better when smaller ('min') or larger ('max')."""
-    return "max" if metric.rsplit("/", 1)[-1] in ("accuracy", "r2") else "min"
+    name = metric.rsplit("/", 1)[-1]
+    return "max" if name.endswith("accuracy") or name == "r2" else "min"

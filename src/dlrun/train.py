@@ -20,7 +20,7 @@ from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
 from dlrun.interrupt import Interrupted, StopOnSignal
 from dlrun.losses import Loss
-from dlrun.metrics import classification_metrics, monitor_mode, regression_metrics
+from dlrun.metrics import monitor_mode, task_metrics
 from dlrun.optim import Schedule
 
 
@@ -162,10 +162,7 @@ def evaluate(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.Tensor, 
     model.eval()
     outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
     metrics = {"loss": loss_fn(outputs.float(), y).item()}
-    if info.task == "classification":
-        metrics.update(classification_metrics(loss_fn.predict_classes(outputs), y))
-    else:
-        metrics.update(regression_metrics(outputs, y, info.target_mean, info.target_std))
+    metrics.update(task_metrics(model, loss_fn, outputs, x, y, info, batch_size))
     model.train(was_training)
     return metrics
 

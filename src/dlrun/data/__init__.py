@@ -3,8 +3,8 @@
 The families are imported here, so `from dlrun.data import DATASETS` always sees every dataset.
 """
 
-from dlrun.data import images, synthetic, tabular  # noqa: F401  (registers the builders)
-from dlrun.data.base import DataInfo, Dataset, Splits
+from dlrun.data import images, sequences, synthetic, tabular, timeseries  # noqa: F401  (registers the builders)
+from dlrun.data.base import DataInfo, Dataset, SequenceInfo, Splits
 from dlrun.data.registry import DATASETS
 
-__all__ = ["DATASETS", "DataInfo", "Dataset", "Splits"]
+__all__ = ["DATASETS", "DataInfo", "Dataset", "SequenceInfo", "Splits"]

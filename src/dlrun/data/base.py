@@ -9,7 +9,40 @@ import torch
 
 from dlrun.errors import ConfigError
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "seq2seq")
+
+
+@dataclass
+class SequenceInfo:
+    """What a sequence model needs beyond the input shape: steps, features, and the forecast or the tokens.
+
+    Forecasting is regression whose inputs are windows of `length` steps and whose targets are the next
+    `horizon` values of feature `target_feature`. Sequence to sequence (task seq2seq) holds tokens: each
+    input row is the source (`source_length` tokens) followed by the decoder's input, the target shifted
+    right behind the start token (teacher forcing in one tensor, so one training loop serves every task).
+    """
+
+    length: int  # input steps (seq2seq: source steps)
+    features: int = 1  # values per step (token inputs: 1 token id per step)
+    horizon: int | None = None  # forecasting: steps predicted after each window
+    target_feature: int = 0  # forecasting: the input feature that is the forecast series (naive baselines)
+    period: int | None = None  # forecasting: season length for the seasonal-naive baseline
+    time_ordered: bool = False  # splits are consecutive stretches of time, train first
+    vocab_size: int | None = None  # token inputs: number of token ids, the special ones included
+    source_length: int | None = None  # seq2seq: the first source_length input columns are the source
+    target_length: int | None = None  # seq2seq: the most output tokens, the end token included
+    pad_token: int = 0
+    start_token: int = 1
+    end_token: int = 2
+    token_names: list[str] | None = None
+
+    @property
+    def forecasting(self) -> bool:
+        return self.horizon is not None
+
+    @property
+    def tokens(self) -> bool:
+        return self.vocab_size is not None
 
 
 @dataclass
@@ -31,6 +64,7 @@ class DataInfo:
     pixel_std: tuple[float, ...] | None = None
     name: str = ""
     extras: dict = field(default_factory=dict)
+    sequence: SequenceInfo | None = None  # set by sequence datasets: inputs are (steps, features) or tokens
 
     @property
     def input_dim(self) -> int:
@@ -78,6 +112,19 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
         )
 
 
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int,
+                  name: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded shuffle of n sample indices into train, validation and test."""
+    check_fractions(val_fraction, test_fraction)
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    n_val = max(1, int(round(n * val_fraction)))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ConfigError(f"Dataset '{name}' has {n} samples: too few to split into train/val/test.", key="dataset")
+    return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+
+
 def split_arrays(
     x: np.ndarray,
     y: np.ndarray,
@@ -94,16 +141,8 @@ def split_arrays(
     input_shape: tuple[int, ...] | None = None,
 ) -> Dataset:
     """Seeded shuffle into train/val/test; statistics fitted on the training split only (course 2 §3.3)."""
-    check_fractions(val_fraction, test_fraction)
     n = len(x)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    n_test = max(1, int(round(n * test_fraction)))
-    n_val = max(1, int(round(n * val_fraction)))
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        raise ConfigError(f"Dataset '{name}' has {n} samples: too few to split into train/val/test.", key="dataset")
-    idx_train, idx_val, idx_test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+    idx_train, idx_val, idx_test = split_indices(n, val_fraction, test_fraction, seed, name)
     x = x.astype(np.float32)
     if standardize:
         # Fit mean and std on the training split only, so nothing leaks from validation or test.

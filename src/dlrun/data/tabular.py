@@ -67,9 +67,21 @@ def build_digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float
                         class_names=[str(c) for c in bunch.target_names], input_shape=(1, 8, 8))
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def read_csv(path: str | None, dataset: str,
+             example_target: str = "price") -> tuple[Path, list[str], list[list[str]]]:
+    """The file's path, header and rows (as text), refusing a missing file, no data or ragged rows."""
+    if path is None:
+        raise ConfigError(f"'dataset={dataset}' needs 'dataset.path=<file.csv>' and 'dataset.target=<column>', "
+                          f"e.g. dl-run dataset={dataset} dataset.path=data.csv dataset.target={example_target}.",
+                          key="dataset.path")
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise ConfigError(f"'dataset.path={path}' is a directory, not a CSV file ({file.resolve()}).",
+                          key="dataset.path")
+    if not file.is_file():
+        raise ConfigError(f"'dataset.path={path}': no such file (looked in {file.resolve()}).", key="dataset.path")
     try:
-        with path.open(newline="") as handle:
+        with file.open(newline="") as handle:
             rows = [row for row in csv.reader(handle) if row]
     except OSError as err:
         raise ConfigError(f"Cannot read 'dataset.path={path}': {err.strerror}.", key="dataset.path") from None
@@ -78,7 +90,21 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     if len(rows) < 2:
         raise ConfigError(f"'dataset.path={path}' has no data rows: a CSV needs a header line and at least one row.",
                           key="dataset.path")
-    return [h.strip() for h in rows[0]], rows[1:]
+    header = [h.strip() for h in rows[0]]
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ConfigError(f"{path}, line {number}: {len(row)} cells where the header has {len(header)}.",
+                              key="dataset.path")
+    return file, header, rows[1:]
+
+
+def check_column(name: str | None, header: list[str], key: str, path: str) -> str:
+    """A column name the CSV really has."""
+    if name is None:
+        raise ConfigError(f"'{key}' is not set: name the column to predict, one of {', '.join(header)}.", key=key)
+    if name not in header:
+        raise ConfigError(f"'{key}={name}' is not a column of {path}; columns: {', '.join(header)}.", key=key)
+    return name
 
 
 def _looks_like_classes(values: list[str]) -> bool:
@@ -102,22 +128,8 @@ def build_csv(
     standardize_target: bool = True,
 ) -> Dataset:
     """The user's CSV file: a header line, numeric feature columns, one target column."""
-    if path is None:
-        raise ConfigError("'dataset=csv' needs 'dataset.path=<file.csv>' and 'dataset.target=<column>'.",
-                          key="dataset.path")
-    file = Path(path).expanduser()
-    if file.is_dir():
-        raise ConfigError(f"'dataset.path={path}' is a directory, not a CSV file ({file.resolve()}).",
-                          key="dataset.path")
-    if not file.is_file():
-        raise ConfigError(f"'dataset.path={path}': no such file (looked in {file.resolve()}).", key="dataset.path")
-    header, rows = _read_csv(file)
-    if target is None:
-        raise ConfigError(f"'dataset.target' is not set: name the column to predict, one of {', '.join(header)}.",
-                          key="dataset.target")
-    if target not in header:
-        raise ConfigError(f"'dataset.target={target}' is not a column of {path}; columns: {', '.join(header)}.",
-                          key="dataset.target")
+    file, header, rows = read_csv(path, "csv")
+    target = check_column(target, header, "dataset.target", path)
     features = list(features) if features is not None else [h for h in header if h != target]
     unknown = [f for f in features if f not in header]
     if unknown:
@@ -126,10 +138,6 @@ def build_csv(
     if not features:
         raise ConfigError(f"'dataset.features' is empty: {path} has no column besides the target.",
                           key="dataset.features")
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise ConfigError(f"{path}, line {number}: {len(row)} cells where the header has {len(header)}.",
-                              key="dataset.path")
     columns = {h: [row[i].strip() for row in rows] for i, h in enumerate(header)}
     x = np.empty((len(rows), len(features)), dtype=np.float32)
     for j, name in enumerate(features):

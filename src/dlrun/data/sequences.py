@@ -1,0 +1,79 @@
+"""Sequence datasets: classify a whole sequence (course 3 §5.3)."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+
+from dlrun.data.base import DataInfo, Dataset, SequenceInfo, Splits, split_arrays
+from dlrun.data.registry import DATASETS
+from dlrun.errors import ConfigError
+
+
+PATTERNS = ("none", "sine", "square", "sawtooth")
+
+
+def _pattern(kind: str, width: int) -> np.ndarray:
+    phase = np.arange(width) / width
+    return {
+        "none": np.zeros(width),
+        "sine": np.sin(2 * np.pi * 2 * phase),  # two full waves
+        "square": np.where(phase % 0.5 < 0.25, 1.0, -1.0),
+        "sawtooth": 2 * ((2 * phase) % 1.0) - 1,
+    }[kind]
+
+
+@DATASETS.register("patterns")
+def build_patterns(
+    seed: int = 0,
+    n_samples: int = 2000,
+    length: int = 64,
+    pattern_length: int = 16,
+    noise: float = 0.4,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+) -> Dataset:
+    """Noisy sequences, each hiding one short pattern at a random place: which pattern is it?"""
+    if not 1 <= pattern_length <= length:
+        raise ConfigError(f"'dataset.pattern_length={pattern_length}' must be between 1 and "
+                          f"'dataset.length={length}'.", key="dataset.pattern_length")
+    if n_samples < len(PATTERNS):
+        raise ConfigError(f"'dataset.n_samples={n_samples}' must be at least {len(PATTERNS)}, one per pattern.",
+                          key="dataset.n_samples")
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_samples) % len(PATTERNS)
+    x = noise * rng.standard_normal((n_samples, length))
+    starts = rng.integers(0, length - pattern_length + 1, size=n_samples)
+    shapes = np.stack([_pattern(kind, pattern_length) for kind in PATTERNS])
+    x[np.arange(n_samples)[:, None], starts[:, None] + np.arange(pattern_length)] += shapes[labels]
+    data = split_arrays(x, labels, task="classification", val_fraction=val_fraction, test_fraction=test_fraction,
+                        seed=seed, standardize=False, name="patterns", class_names=list(PATTERNS),
+                        input_shape=(length, 1))
+    data.info.sequence = SequenceInfo(length=length, features=1)
+    return data
+
+
+@DATASETS.register("digits_rows")
+def build_digits_rows(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's 8x8 digits read row by row: 8 steps of 8 pixels (the classic recurrent-network demo)."""
+    import sklearn.datasets
+
+    bunch = sklearn.datasets.load_digits()
+    data = split_arrays(bunch.data / 16.0, bunch.target, task="classification", val_fraction=val_fraction,
+                        test_fraction=test_fraction, seed=seed, standardize=False, name="digits_rows",
+                        class_names=[str(c) for c in bunch.target_names], input_shape=(8, 8))
+    data.info.sequence = SequenceInfo(length=8, features=8)
+    return data
+
+
+@DATASETS.register("mnist_rows")
+def build_mnist_rows(seed: int = 0, root: str = "data", download: bool = True, val_fraction: float = 0.1) -> Dataset:
+    """MNIST read row by row: 28 steps of 28 pixels (0..1); the same files, split and errors as dataset=mnist."""
+    from dlrun.data.images import _torchvision_dataset  # one loader for both views of MNIST
+
+    images = _torchvision_dataset("MNIST", "mnist_rows", "MNIST", root, download, seed, val_fraction)
+    rows = [t.squeeze(1).float().div_(255.0) if t.dtype == torch.uint8 else t for t in images.splits.tensors()]
+    info = DataInfo(input_shape=(28, 28), task="classification", num_classes=10, name="mnist_rows",
+                    class_names=images.info.class_names, sequence=SequenceInfo(length=28, features=28))
+    return Dataset(Splits(*rows), info)
