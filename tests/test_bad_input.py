@@ -17,7 +17,7 @@ from conftest import DL_RUN
 # {run} is an earlier, finished run in outputs/; {damaged} one whose checkpoints are both truncated.
 CASES = [
     # (arguments, words the message must contain)
-    (["model=mlpp"], ["model=mlpp", "linear, mlp, polynomial", "Did you mean 'mlp'"]),
+    (["model=mlpp"], ["model=mlpp", "linear", "mlp, polynomial", "Did you mean 'mlp'"]),
     (["-m", "init=zeros,xavir"], ["init=xavir", "xavier_uniform"]),
     (["trainer.epocs=5"], ["trainer.epocs", "epochs", "Did you mean 'epochs'"]),
     (["model.hiden=[3]"], ["model.hiden", "hidden"]),
@@ -65,10 +65,12 @@ CASES = [
                                               "'1.weight' has shape (8, 4) in the checkpoint but (16, 4)"]),
     ([r"resume={run}", "optimizer=sgd"], ["another optimizer", "run's own optimizer"]),
     ([r"hydra.run.dir={run}"], ["hydra.run.dir={run}", "already holds a run", "resume={run}"]),
-    # Time series (course 3 §5.3): windows that do not fit the series, a column that is not there.
+    # Sequences (course 3 §5.3-5.4): windows that do not fit, a model that cannot read the data.
     (["dataset=sine", "dataset.input_length=3000"], ["dataset.input_length=3000", "longer than the 2000 steps"]),
     (["dataset=sine", "dataset.horizon=0"], ["dataset.horizon=0", "positive"]),
     (["dataset=csv_timeseries", "dataset.path=data.csv", "dataset.target=price"], ["dataset.target=price", "a, b, y"]),
+    (["model=lstm"], ["model=lstm", "digits", "not a sequence dataset", "dataset=sine"]),
+    (["dataset=toy_seq2seq", "model=mlp"], ["model=mlp", "tokens", "model=transformer"]),
 ]
 
 

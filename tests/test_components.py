@@ -84,16 +84,21 @@ def test_csv_problems_name_the_file_line_and_column(tmp_path, content, words):
 
 
 @pytest.mark.parametrize("model", MODELS.names())
-@pytest.mark.parametrize("dataset", ["digits", "moons", "diabetes", "linear"])
+@pytest.mark.parametrize("dataset", ["digits", "moons", "diabetes", "linear", "sine", "digits_rows", "toy_seq2seq"])
 def test_every_model_is_sized_from_the_dataset(model, dataset):
     data = DATASETS.build({"name": dataset}, seed=0)
-    out = data.info.num_classes if data.info.task == "classification" else data.info.target_dim
+    info = data.info
+    out = {"classification": info.num_classes, "regression": info.target_dim,
+           "seq2seq": info.sequence.vocab_size if info.sequence else None}[info.task]
     try:
-        net = MODELS.build({"name": model}, info=data.info, out_features=out)
-    except ConfigError as err:  # an image model refuses flat inputs, saying why
-        assert len(data.info.input_shape) != 3 and "needs image inputs" in str(err)
+        net = MODELS.build({"name": model}, info=info, out_features=out)
+    except ConfigError as err:
+        # A model may refuse a kind of data it cannot read (an image model flat inputs, a recurrent model a
+        # table, a tabular model tokens), but must say so.
+        assert err.key == "model" and any(w in str(err) for w in ("needs image inputs", "sequence", "tokens")), str(err)
         return
-    assert net(data.splits.x_train[:5]).shape == (5, out)
+    expected = (5, info.sequence.target_length, out) if info.task == "seq2seq" else (5, out)
+    assert net(data.splits.x_train[:5]).shape == expected
 
 
 def test_summary_counts_parameters_as_the_course_does():

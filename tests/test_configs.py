@@ -22,8 +22,9 @@ GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and not p.name.s
 OPTIONS = [(g, f.name[:-5]) for g in GROUPS if g not in ("hydra",) for f in sorted((CONFIGS / g).iterdir(),
                                                                                    key=lambda f: f.name)
            if f.name.endswith(".yaml")]
-# Companions tried in turn until the option fits: a binary loss needs two classes, mse a regression target.
-COMPANION_DATASETS = ("digits", "moons", "diabetes")
+# Companions tried in turn until the option fits: a binary loss needs two classes, mse a regression target,
+# a recurrent model a sequence.
+COMPANION_DATASETS = ("digits", "moons", "diabetes", "sine")
 
 
 def test_every_group_has_options_and_every_yaml_starts_with_a_command():

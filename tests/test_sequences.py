@@ -1,4 +1,5 @@
-"""Sequences (course 3 §5.3): windows and time-ordered splits, the naive baselines, sequence datasets."""
+"""Sequences (course 3 §5.3-5.4): windows and time-ordered splits, the naive baselines, every sequence model on
+every sequence task, greedy decoding."""
 
 from __future__ import annotations
 
@@ -7,12 +8,31 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
+from torch import nn
 
+from conftest import compose_config
 from image_fixtures import write_mnist
 from dlrun.data import DATASETS
 from dlrun.data.timeseries import make_windows, window_starts
+from dlrun.decoding import greedy_decode, to_text
 from dlrun.errors import ConfigError
+from dlrun.init import INITS, apply_init
 from dlrun.metrics import forecast_baselines
+from dlrun.models import MODELS
+from dlrun.run import run
+
+SEQUENCE_MODELS = ["rnn", "lstm", "gru", "tcn", "transformer"]
+SMALL = {  # narrow versions of each model, so that a few steps take little time
+    "rnn": ["model.hidden=16"], "lstm": ["model.hidden=16"], "gru": ["model.hidden=16"],
+    "tcn": ["model.channels=8", "model.levels=3"],
+    "transformer": ["model.width=16", "model.heads=2", "model.feedforward=32", "model.layers=1"],
+}
+TASKS = {  # small versions of one dataset per task: about 9 batches an epoch
+    "forecasting": ["dataset=sine", "dataset.length=400", "dataset.input_length=16"],
+    "classification": ["dataset=digits_rows", "trainer.batch_size=128"],
+    "seq2seq": ["dataset=toy_seq2seq", "dataset.n_samples=400", "dataset.max_length=5", "dataset.operation=copy"],
+}
 
 
 def test_windows_match_a_hand_computed_example():
@@ -96,3 +116,88 @@ def test_sunspots_ship_with_statsmodels():
     assert data.info.sequence.period == 11 and data.info.sequence.time_ordered
     windows = sum(len(data.splits.split(s)[0]) for s in ("train", "val", "test"))
     assert windows == 309 - 3 * (22 + 1 - 1)  # 309 years; each split loses one window length minus one
+
+
+@pytest.fixture
+def one_thread():
+    """Models this small train faster on one thread than paying for thread synchronisation at every tiny op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("model", SEQUENCE_MODELS)
+@pytest.mark.parametrize("task", TASKS)
+def test_every_sequence_model_learns_every_task(tmp_path, model, task, one_thread):
+    overrides = [*TASKS[task], f"model={model}", *SMALL[model], "trainer.epochs=3", "optimizer.lr=0.01",
+                 "logger=none", "trainer.progress=false", "trainer.device=cpu"]
+    out = run(OmegaConf.create(compose_config(*overrides)), tmp_path, overrides)
+    losses = [h["train/loss"] for h in out["history"]]
+    assert losses[-1] < losses[0] * 0.9, losses
+    assert out["task"] == ("seq2seq" if task == "seq2seq" else "classification" if task == "classification"
+                           else "regression")
+
+
+def test_tcn_sees_only_the_past():
+    data = DATASETS.build({"name": "sine", "length": 300, "input_length": 16, "horizon": 1})
+    tcn = MODELS.build({"name": "tcn", "levels": 2}, info=data.info, out_features=1).eval()
+    x = data.splits.x_train[:3].transpose(1, 2)  # (batch, features, steps)
+    changed = x.clone()
+    changed[:, :, 10:] += 1.0
+    with torch.no_grad():
+        a, b = tcn.blocks(x), tcn.blocks(changed)
+    assert torch.equal(a[:, :, :10], b[:, :, :10]) and not torch.equal(a[:, :, 10:], b[:, :, 10:])
+
+
+def test_init_schemes_reach_recurrent_weights():
+    lstm = nn.LSTM(3, 16, num_layers=2)
+    assert apply_init(lstm, INITS.build({"name": "orthogonal"}), 0.0) == 1
+    w = lstm.weight_hh_l1  # (4 gates * 16, 16): orthonormal columns
+    assert torch.allclose(w.T @ w, torch.eye(16), atol=1e-5)
+    assert all(torch.count_nonzero(b) == 0 for name, b in lstm.named_parameters() if name.startswith("bias"))
+
+
+@pytest.mark.parametrize("model", SEQUENCE_MODELS)
+def test_seq2seq_decoders_are_causal(model):
+    """Greedy decoding relies on it: the output at step t ignores decoder inputs after t."""
+    data = DATASETS.build({"name": "toy_seq2seq", "n_samples": 50})
+    net = MODELS.build({"name": model}, info=data.info, out_features=data.info.sequence.vocab_size).eval()
+    x = data.splits.x_train[:4]
+    t = 3
+    changed = x.clone()
+    changed[:, data.info.sequence.source_length + t + 1:] = 4  # every decoder input after step t
+    with torch.no_grad():
+        assert torch.allclose(net(x)[:, :t + 1], net(changed)[:, :t + 1], atol=1e-5)
+        assert not torch.allclose(net(x)[:, t + 1:], net(changed)[:, t + 1:], atol=1e-5)
+
+
+class ScriptedCopier(nn.Module):
+    """Copies the source, then predicts the end token, then 'a' forever; counts its forward passes."""
+
+    def __init__(self, seq) -> None:
+        super().__init__()
+        self.seq, self.calls = seq, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        seq = self.seq
+        source = x[:, :seq.source_length]
+        wanted = torch.full((len(x), seq.target_length), 3)  # 3 = 'a', the first symbol
+        wanted[:, :seq.source_length] = torch.where(source == seq.pad_token, 3, source)
+        lengths = (source != seq.pad_token).sum(dim=1)
+        wanted[torch.arange(len(x)), lengths] = seq.end_token
+        return nn.functional.one_hot(wanted, seq.vocab_size).float()
+
+
+def test_greedy_decoding_stops_at_the_end_token():
+    seq = DATASETS.build({"name": "toy_seq2seq", "n_samples": 50, "max_length": 8}).info.sequence
+    source = torch.zeros(2, seq.source_length, dtype=torch.long)
+    source[0, :2] = torch.tensor([5, 6])
+    source[1, :3] = torch.tensor([7, 8, 9])
+    model = ScriptedCopier(seq)
+    decoded, steps = greedy_decode(model, source, seq)
+    assert decoded[0].tolist() == [5, 6, seq.end_token] + [seq.pad_token] * (seq.target_length - 3)
+    assert decoded[1].tolist() == [7, 8, 9, seq.end_token] + [seq.pad_token] * (seq.target_length - 4)
+    assert steps == model.calls == 4  # stopped once both had ended, not after target_length = 9 steps
+    assert to_text(decoded[0], seq) == "c d </s>"

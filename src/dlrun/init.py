@@ -1,4 +1,4 @@
-"""Weight initialisation schemes of course 2 §3.2, applied to every linear and convolution layer."""
+"""Weight initialisation schemes of course 2 §3.2, applied to every linear, convolution and recurrent layer."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def _check_nonlinearity(name: str) -> None:
 
 
 def apply_init(model: nn.Module, weight_fn: WeightFn | None, bias: float | None = 0.0) -> int:
-    """Initialise every linear/convolution weight with `weight_fn` and set biases; return layers touched.
+    """Initialise every linear/convolution/recurrent weight with `weight_fn` and set biases; return layers touched.
 
     `bias=None` keeps the biases PyTorch chose.
     """
@@ -109,6 +109,14 @@ def apply_init(model: nn.Module, weight_fn: WeightFn | None, bias: float | None 
                 weight_fn(module.weight)
                 if module.bias is not None and bias is not None:
                     nn.init.constant_(module.bias, bias)
+                count += 1
+            elif isinstance(module, nn.RNNBase):
+                # A recurrent layer holds an input and a recurrent weight matrix (and biases) per layer and direction.
+                for name, param in module.named_parameters(recurse=False):
+                    if name.startswith("weight"):
+                        weight_fn(param)
+                    elif bias is not None:
+                        nn.init.constant_(param, bias)
                 count += 1
     return count
 

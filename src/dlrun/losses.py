@@ -23,6 +23,7 @@ class Loss:
     out_features: int  # how many outputs the model must produce
     output_activation: str | None = None  # appended to the model: sigmoid for bce, log_softmax for nll
     binary: bool = False  # one output scored against a 0/1 target
+    class_dim: int = 1  # the output's class axis: 1 for (batch, classes), -1 for (batch, steps, tokens)
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.binary:
@@ -34,10 +35,12 @@ class Loss:
         if self.binary:
             threshold = 0.5 if self.output_activation == "sigmoid" else 0.0
             return (output.squeeze(1) > threshold).long()
-        return output.argmax(dim=1)
+        return output.argmax(dim=self.class_dim)
 
 
 def _regression(name: str, info: DataInfo) -> None:
+    if info.task == "seq2seq":
+        _refuse_seq2seq(name, info)
     if info.task != "regression":
         raise ConfigError(
             f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
@@ -46,8 +49,15 @@ def _regression(name: str, info: DataInfo) -> None:
         )
 
 
+def _refuse_seq2seq(name: str, info: DataInfo) -> None:
+    raise ConfigError(f"'loss={name}' does not score sequences of tokens, and dataset '{info.name}' is seq2seq: "
+                      f"use loss=cross_entropy (or auto), one class per token.", key="loss")
+
+
 def _classification(name: str, info: DataInfo, binary: bool) -> None:
-    if info.task != "classification":
+    if info.task == "seq2seq" and (binary or name == "nll"):
+        _refuse_seq2seq(name, info)
+    if info.task not in ("classification", "seq2seq"):
         raise ConfigError(
             f"'loss={name}' is a classification loss, but dataset '{info.name}' is {info.task} "
             f"(real-valued targets). Use loss=mse, mae, huber or msle.",
@@ -77,6 +87,22 @@ class MSLELoss(nn.Module):
         output, target = output * self.std + self.mean, target * self.std + self.mean
         # Clamp the prediction: log1p is undefined below -1 and the loss assumes non-negative values.
         return nn.functional.mse_loss(torch.log1p(output.clamp_min(0)), torch.log1p(target))
+
+
+class TokenCrossEntropy(nn.Module):
+    """Cross-entropy over every target token, padding ignored: outputs (batch, steps, tokens)."""
+
+    def __init__(self, pad_token: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.pad_token = pad_token
+        self.label_smoothing = label_smoothing
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if output.dim() != 3 or output.shape[:2] != target.shape:
+            raise ValueError(f"token outputs must be (batch, steps, tokens) for targets {tuple(target.shape)}, "
+                             f"got {tuple(output.shape)}")
+        return nn.functional.cross_entropy(output.transpose(1, 2), target, ignore_index=self.pad_token,
+                                           label_smoothing=self.label_smoothing)
 
 
 @LOSSES.register("mse")
@@ -131,6 +157,9 @@ def build_bce_with_logits(info: DataInfo) -> Loss:
 def build_cross_entropy(info: DataInfo, label_smoothing: float = 0.0) -> Loss:
     """Softmax + negative log-likelihood on class indices (the one-hot target is implicit)."""
     _classification("cross_entropy", info, binary=False)
+    if info.task == "seq2seq":
+        return Loss(TokenCrossEntropy(info.sequence.pad_token, label_smoothing), "cross_entropy",
+                    info.sequence.vocab_size, class_dim=-1)
     return Loss(nn.CrossEntropyLoss(label_smoothing=label_smoothing), "cross_entropy", info.num_classes)
 
 
@@ -143,8 +172,8 @@ def build_nll(info: DataInfo) -> Loss:
 
 @LOSSES.register("auto")
 def build_auto(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
-    """The task's usual loss: cross-entropy for classification, MSE for regression."""
-    return build_cross_entropy(info) if info.task == "classification" else build_mse(info)
+    """The task's usual loss: cross-entropy for classification and seq2seq, MSE for regression."""
+    return build_cross_entropy(info) if info.task in ("classification", "seq2seq") else build_mse(info)
 
 
 def output_layer(name: str | None) -> nn.Module | None:

@@ -1,5 +1,5 @@
 """Metrics a learner reads: accuracy for classification; MAE, RMSE and R² for regression; for forecasting
-the same errors of the naive forecasts."""
+the same errors of the naive forecasts; exact-sequence accuracy for sequence to sequence."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo, SequenceInfo
+from dlrun.decoding import greedy_decode
 from dlrun.losses import Loss
 
 
@@ -34,7 +35,8 @@ def regression_metrics(prediction: torch.Tensor, target: torch.Tensor,
 
 def metric_names(task: str) -> tuple[str, ...]:
     """What evaluate() reports besides the loss for a task."""
-    return ("accuracy",) if task == "classification" else ("mae", "rmse", "r2")
+    return {"classification": ("accuracy",), "seq2seq": ("token_accuracy", "sequence_accuracy")}.get(
+        task, ("mae", "rmse", "r2"))
 
 
 def naive_forecasts(x: torch.Tensor, seq: SequenceInfo) -> dict[str, torch.Tensor]:
@@ -58,11 +60,25 @@ def forecast_baselines(x: torch.Tensor, y: torch.Tensor, info: DataInfo) -> dict
     return out
 
 
+@torch.no_grad()
+def seq2seq_metrics(model: nn.Module, predicted: torch.Tensor, x: torch.Tensor, y: torch.Tensor, seq: SequenceInfo,
+                    batch_size: int) -> dict[str, float]:
+    """Token accuracy with the true previous tokens given, and exact-sequence accuracy of greedy decoding."""
+    real = y != seq.pad_token
+    token_accuracy = ((predicted == y) & real).sum() / real.sum()
+    # Exact sequences are scored as the model would be used: decoding its own tokens, not the true ones.
+    decoded = torch.cat([greedy_decode(model, xb[:, :seq.source_length], seq)[0] for xb in x.split(batch_size)])
+    exact = (decoded == y).all(dim=1).float().mean()
+    return {"token_accuracy": token_accuracy.item(), "sequence_accuracy": exact.item()}
+
+
 def task_metrics(model: nn.Module, loss_fn: Loss, output: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                  info: DataInfo, batch_size: int) -> dict[str, float]:
     """The metrics of the dataset's task, computed from the model's outputs over one split."""
     if info.task == "classification":
         return classification_metrics(loss_fn.predict_classes(output), y)
+    if info.task == "seq2seq":
+        return seq2seq_metrics(model, loss_fn.predict_classes(output), x, y, info.sequence, batch_size)
     metrics = regression_metrics(output, y, info.target_mean, info.target_std)
     if info.sequence is not None and info.sequence.forecasting:
         metrics.update(forecast_baselines(x, y, info))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlrun import checkpoint, console
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
+from dlrun.data.base import TASKS
 from dlrun.data.prepare import Prepare
 from dlrun.diagnostics.cnn import last_conv
 from dlrun.diagnostics.curves import chance_loss, diagnose
@@ -60,8 +61,8 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"'seed={cfg.get('seed')!r}' must be an integer.", key="seed")
     if cfg.get("mode") not in MODES:
         raise ConfigError(f"'mode={cfg.get('mode')}' is not available; valid modes: {', '.join(MODES)}.", key="mode")
-    if cfg.get("task") not in (None, "classification", "regression"):
-        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: classification, regression "
+    if cfg.get("task") not in (None, *TASKS):
+        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: {', '.join(TASKS)} "
                           f"(or leave it unset to take the dataset's).", key="task")
 
 
@@ -257,7 +258,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     if state.history:
         from dlrun import figures
 
-        main_metric = "accuracy" if exp.info.task == "classification" else "rmse"
+        main_metric = {"classification": "accuracy", "seq2seq": "sequence_accuracy"}.get(exp.info.task, "rmse")
         figures.save(figures.run_curves_figure(state.history, main_metric, f"{exp.info.name}: curves {verdict.case}"),
                      run_dir / "curves.png")
     overfit = None
@@ -310,6 +311,8 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
     """Confusion matrix and per-class accuracy (classification) or predicted-vs-true (regression), on test."""
     from dlrun import figures
 
+    if exp.info.task == "seq2seq":
+        return None  # no single value or class per sample to plot; the Text tab shows decoded examples
     exp.model.eval()
     x, y = exp.splits.x_test, exp.splits.y_test
     outputs = torch.cat([exp.model(exp.prepare(xb)) for xb in x.split(exp.opts.eval_batch_size)]).float()

@@ -38,6 +38,8 @@ def summarize(model: nn.Module, sample: torch.Tensor) -> tuple[list[LayerRow], i
 
     def record(name: str):
         def hook(module: nn.Module, inputs, output) -> None:
+            if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                output = output[0]  # recurrent layers return (outputs, state): show the outputs
             shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
             params = sum(p.numel() for p in module.parameters(recurse=False))
             row = LayerRow(name, type(module).__name__, shape, params)

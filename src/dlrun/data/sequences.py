@@ -1,15 +1,15 @@
-"""Sequence datasets: classify a whole sequence (course 3 §5.3)."""
+"""Sequence datasets: classify a whole sequence, or map a sequence of tokens to another (course 3 §5.3-5.4)."""
 
 from __future__ import annotations
 
+import string
 
 import numpy as np
 import torch
 
-from dlrun.data.base import DataInfo, Dataset, SequenceInfo, Splits, split_arrays
+from dlrun.data.base import DataInfo, Dataset, SequenceInfo, Splits, split_arrays, split_indices
 from dlrun.data.registry import DATASETS
 from dlrun.errors import ConfigError
-
 
 PATTERNS = ("none", "sine", "square", "sawtooth")
 
@@ -77,3 +77,72 @@ def build_mnist_rows(seed: int = 0, root: str = "data", download: bool = True, v
     info = DataInfo(input_shape=(28, 28), task="classification", num_classes=10, name="mnist_rows",
                     class_names=images.info.class_names, sequence=SequenceInfo(length=28, features=28))
     return Dataset(Splits(*rows), info)
+
+
+OPERATIONS = {
+    "copy": lambda seq: seq,
+    "reverse": lambda seq: seq[::-1],
+    "sort": sorted,
+}
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2: padding, start, end
+
+
+def _token_names(symbols: int) -> list[str]:
+    letters = string.ascii_lowercase
+    return SPECIAL_TOKENS + [letters[i] if symbols <= len(letters) else f"t{i}" for i in range(symbols)]
+
+
+@DATASETS.register("toy_seq2seq")
+def build_toy_seq2seq(
+    seed: int = 0,
+    operation: str = "reverse",
+    n_samples: int = 6000,
+    symbols: int = 10,
+    min_length: int = 3,
+    max_length: int = 8,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> Dataset:
+    """Random token sequences and their copy, reverse or sorted version, ended by an end token (course 3 §5.4)."""
+    if operation not in OPERATIONS:
+        raise ConfigError(f"'dataset.operation={operation}' must be one of {', '.join(OPERATIONS)}.",
+                          key="dataset.operation")
+    if symbols < 2:
+        raise ConfigError(f"'dataset.symbols={symbols}' must be at least 2.", key="dataset.symbols")
+    if not 1 <= min_length <= max_length:
+        raise ConfigError(f"'dataset.min_length={min_length}' and 'dataset.max_length={max_length}' must satisfy "
+                          f"1 <= min_length <= max_length.", key="dataset.min_length")
+    distinct = sum(symbols ** n for n in range(min_length, max_length + 1))
+    if n_samples > distinct:
+        raise ConfigError(f"'dataset.n_samples={n_samples}' is more than the {distinct} distinct sequences of "
+                          f"{min_length} to {max_length} of {symbols} symbols; lower it or lengthen the sequences.",
+                          key="dataset.n_samples")
+    pad, start, end = 0, 1, 2
+    first = len(SPECIAL_TOKENS)
+    rng = np.random.default_rng(seed)
+    sources: dict[tuple[int, ...], None] = {}  # distinct sequences, so no test sequence is also a training one
+    while len(sources) < n_samples:
+        n = int(rng.integers(min_length, max_length + 1))
+        sources.setdefault(tuple(int(t) for t in rng.integers(first, first + symbols, size=n)), None)
+    target_length = max_length + 1  # room for the end token
+    source = np.full((n_samples, max_length), pad, dtype=np.int64)
+    target = np.full((n_samples, target_length), pad, dtype=np.int64)
+    for i, seq in enumerate(sources):
+        source[i, :len(seq)] = seq
+        out = list(OPERATIONS[operation](list(seq))) + [end]
+        target[i, :len(out)] = out
+    # Teacher forcing: the decoder reads the target shifted right behind the start token.
+    decoder_input = np.concatenate([np.full((n_samples, 1), start), target[:, :-1]], axis=1)
+    x = torch.as_tensor(np.concatenate([source, decoder_input], axis=1))
+    y = torch.as_tensor(target)
+    idx_train, idx_val, idx_test = (torch.as_tensor(i) for i in
+                                    split_indices(n_samples, val_fraction, test_fraction, seed, "toy_seq2seq"))
+    splits = Splits(x[idx_train], y[idx_train], x[idx_val], y[idx_val], x[idx_test], y[idx_test])
+    names = _token_names(symbols)
+    info = DataInfo(
+        input_shape=(x.shape[1],), task="seq2seq", name="toy_seq2seq", extras={"operation": operation},
+        sequence=SequenceInfo(length=max_length, vocab_size=len(names), source_length=max_length,
+                              target_length=target_length, pad_token=pad, start_token=start, end_token=end,
+                              token_names=names),
+    )
+    return Dataset(splits, info)

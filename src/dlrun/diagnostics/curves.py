@@ -164,7 +164,10 @@ def chance_loss(loss: Loss, targets: torch.Tensor, num_classes: int | None) -> f
     a model that learned nothing from the inputs."""
     targets = targets.cpu()
     with torch.no_grad():
-        if num_classes is None:  # regression: predict the training mean
+        if loss.class_dim == -1:  # tokens (seq2seq): each token's frequency, at every step, padding aside
+            prior = torch.bincount(targets.flatten(), minlength=loss.out_features).float().clamp_min(1)
+            output = (prior / prior.sum()).log().expand(*targets.shape, loss.out_features)
+        elif num_classes is None:  # regression: predict the training mean
             output = targets.float().mean(dim=0, keepdim=True).expand_as(targets)
         elif loss.binary:
             p = targets.float().mean().clamp(1e-6, 1 - 1e-6)

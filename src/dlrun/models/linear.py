@@ -8,11 +8,13 @@ from torch import nn
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.registry import MODELS
+from dlrun.models.sequence import refuse_tokens
 
 
 @MODELS.register("linear")
 def build_linear(info: DataInfo, out_features: int, bias: bool = True) -> nn.Module:
     """Y = WᵀX + B: one fully-connected layer, no activation."""
+    refuse_tokens(info, "linear")
     return nn.Sequential(nn.Flatten(), nn.Linear(info.input_dim, out_features, bias=bias))
 
 
@@ -53,6 +55,7 @@ def build_polynomial(info: DataInfo, out_features: int, degree: int = 3, basis: 
 
     Its cost: d·inputs + 1 parameters per output, all learned by gradient descent.
     """
+    refuse_tokens(info, "polynomial")
     if degree < 1:
         raise ConfigError(f"'model.degree={degree}' must be at least 1.", key="model.degree")
     if basis not in BASES:

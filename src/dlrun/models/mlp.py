@@ -8,6 +8,7 @@ from dlrun.activations import ACTIVATIONS, activation_width_factor
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.registry import MODELS
+from dlrun.models.sequence import refuse_tokens
 
 
 @MODELS.register("mlp")
@@ -22,6 +23,7 @@ def build_mlp(
     dropout: float = 0.0,
 ) -> nn.Module:
     """INPUT -> [FC -> (BN) -> ACT -> (DROPOUT)] * len(hidden) -> FC."""
+    refuse_tokens(info, "mlp")
     if any(h < 1 for h in hidden):
         raise ConfigError(f"'model.hidden={list(hidden)}' must list positive layer widths, e.g. [128, 64].",
                           key="model.hidden")
