@@ -1,18 +1,21 @@
 """Sequences (course 3 §5.3-5.4): windows and time-ordered splits, the naive baselines, every sequence model on
-every sequence task, greedy decoding."""
+every sequence task, greedy decoding, and what a run shows in TensorBoard."""
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from conftest import compose_config
 from image_fixtures import write_mnist
+from series_fixtures import write_series_csv
 from dlrun.data import DATASETS
 from dlrun.data.timeseries import make_windows, window_starts
 from dlrun.decoding import greedy_decode, to_text
@@ -201,3 +204,49 @@ def test_greedy_decoding_stops_at_the_end_token():
     assert decoded[1].tolist() == [7, 8, 9, seq.end_token] + [seq.pad_token] * (seq.target_length - 4)
     assert steps == model.calls == 4  # stopped once both had ended, not after target_length = 9 steps
     assert to_text(decoded[0], seq) == "c d </s>"
+
+
+def _events(run_dir):
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_forecasting_a_user_csv_shows_both_errors_and_a_figure_per_epoch(dl_run, tmp_path):
+    write_series_csv(tmp_path / "series.csv")
+    result = dl_run("dataset=csv_timeseries", "dataset.path=series.csv", "dataset.target=y", "dataset.period=25",
+                    "dataset.input_length=30", "model=gru", "trainer.epochs=2", "trainer.progress=false")
+    assert result.code == 0, result.output
+    metrics = result.metrics()
+    assert {"rmse", "mae", "naive_rmse", "naive_mae", "seasonal_naive_rmse"} <= set(metrics["test"])
+    assert "naive_rmse" in result.stdout and metrics["dataset"] == "series"
+    events = _events(result.run_dirs()[0])
+    assert len(events.Images("val/forecasts")) == 2  # one figure per epoch
+    assert {"val/rmse", "val/naive_rmse", "val/seasonal_naive_rmse"} <= set(events.Tags()["scalars"])
+
+
+def test_seq2seq_run_reports_exact_sequences_and_logs_decoded_examples(dl_run):
+    result = dl_run("dataset=toy_seq2seq", "dataset.n_samples=400", "trainer.epochs=2", "trainer.progress=false")
+    assert result.code == 0, result.output
+    metrics = result.metrics()
+    assert metrics["task"] == "seq2seq"
+    assert 0.0 <= metrics["test"]["sequence_accuracy"] <= metrics["test"]["token_accuracy"] <= 1.0
+    events = _events(result.run_dirs()[0])
+    texts = events.Tensors("val/decoded/text_summary")
+    assert len(texts) == 2
+    table = texts[-1].tensor_proto.string_val[0].decode()
+    assert "| source | decoded | expected | exact |" in table and "</s>" in table
+
+
+@pytest.mark.slow
+def test_acceptance_lstm_beats_the_naive_forecast_and_the_transformer_preset_reverses(dl_run):
+    sine = dl_run("dataset=sine", "model=lstm", "trainer.progress=false", timeout=1800)
+    assert sine.code == 0, sine.output
+    test = sine.metrics()["test"]
+    assert test["rmse"] < test["naive_rmse"] * 0.5
+    for d in sine.run_dirs():
+        (d / "metrics.json").rename(d / "metrics-sine.json")
+    preset = dl_run("experiment=seq2seq_transformer", "trainer.progress=false", timeout=1800)
+    assert preset.code == 0, preset.output
+    assert preset.metrics()["test"]["sequence_accuracy"] >= 0.95
+    assert not math.isnan(preset.metrics()["test"]["loss"])

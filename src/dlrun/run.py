@@ -35,6 +35,7 @@ from dlrun.models import MODELS
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
 from dlrun.reference import least_squares
 from dlrun.registry import check_arguments
+from dlrun.sequence_views import epoch_view
 from dlrun.summary import summarize
 from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, resolve_threads, restore
 
@@ -215,7 +216,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
             try:
                 state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts,
                             exp.device, logger, checkpoint_dir, extra, exp.prepare, progress, state, generator,
-                            monitor=monitor, stop=stop)
+                            monitor=monitor, stop=stop,
+                            epoch_view=epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger))
             except RuntimeError as err:
                 if exp.opts.detect_anomaly and "nan" in str(err).lower():
                     raise FloatingPointError(f"trainer.detect_anomaly: {err} The warning above shows the forward "

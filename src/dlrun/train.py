@@ -9,7 +9,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -191,10 +191,12 @@ def fit(
     generator: torch.Generator | None = None,
     monitor: Any = None,
     stop: StopOnSignal | None = None,
+    epoch_view: Callable[[nn.Module, int], None] | None = None,
 ) -> TrainState:
     """Train for opts.epochs (or opts.max_steps), validating every epoch and checkpointing last and best.
 
     A signal caught by `stop` ends the current step, writes last.pt and raises Interrupted.
+    `epoch_view(model, step)`, if given, logs what the task shows after each validation (a figure, text).
     """
     state = state or TrainState()
     generator = generator or torch.Generator()
@@ -293,6 +295,8 @@ def fit(
         logger.scalars({"train/loss_epoch": train_loss, **{f"val/{k}": v for k, v in val.items()},
                         "epoch": state.epoch, **({} if schedule.interval == "step" and schedule.scheduler else
                                                  {"lr": epoch_metrics["lr"]})}, state.step)
+        if epoch_view is not None:
+            epoch_view(model, state.step)
         monitored = epoch_metrics.get(opts.monitor)
         schedule.step("epoch", monitored)
 
