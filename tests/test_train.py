@@ -154,3 +154,20 @@ def test_freed_memory_is_kept_for_reuse_instead_of_faulting_in_fresh_pages():
     for _ in range(3):
         faults_while_allocating()  # the heap grows to hold the block: new pages, the first times only
     assert faults_while_allocating() < 64 * 1024 * 1024 * 4 / 4096 / 2  # not 5 x 65,536 fresh pages each time
+
+
+def test_step_scalars_are_written_in_bursts_and_all_on_disk_after_a_flush(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dlrun.logger import LOGGERS
+
+    logger = LOGGERS.build({"name": "tensorboard"}, run_dir=tmp_path)
+    for step in range(1, 101):
+        logger.scalars({"train/loss_step": 1.0 / step}, step)
+    logger.flush()  # as before every checkpoint: what the checkpoint saw is on disk
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    values = events.Scalars("train/loss_step")
+    assert [e.step for e in values] == list(range(1, 101))
+    assert values[-1].value == pytest.approx(0.01) and values[0].wall_time <= values[-1].wall_time
+    logger.close()
