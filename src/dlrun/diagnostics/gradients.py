@@ -74,12 +74,14 @@ class GradientMonitor:
         self._activations.clear()
         self.logger.scalars(values, step)
 
+    def median_ratio(self) -> float | None:
+        """The median first/last gradient-norm ratio over the logged steps."""
+        return sorted(self.ratios)[len(self.ratios) // 2] if self.ratios else None
+
     def vanishing_warning(self) -> str | None:
         """A warning when the median first/last gradient-norm ratio is below VANISHING_RATIO."""
-        if not self.ratios:
-            return None
-        median = sorted(self.ratios)[len(self.ratios) // 2]
-        if median >= VANISHING_RATIO or math.isnan(median):
+        median = self.median_ratio()
+        if median is None or median >= VANISHING_RATIO or math.isnan(median):
             return None
         return (f"Vanishing gradients: the first layer's gradient norm is {median:.1e} times the last layer's "
                 f"(median over {len(self.ratios)} logged steps). The early layers barely learn. Use ReLU-like "
