@@ -1,0 +1,76 @@
+"""Ways back up to a larger feature map (course 3 §3.2-§3.3), shared by autoencoders and U-Nets.
+
+A decoder that mirrors an encoder must undo its pooling. The course shows three ways:
+- `transposed`: a transposed convolution with stride = scale, whose kernels are learned (§3.2);
+- `nearest` / `bilinear`: fixed interpolation, then an ordinary 3x3 convolution (no checkerboard artefacts);
+- `unpool`: max-unpooling that puts each value back where the encoder's max-pooling found it, from the
+  pooling indices the encoder kept, then a 3x3 convolution (§3.3).
+`Downsample` is the encoder side: max-pooling that keeps its indices when the decoder unpools.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlrun.errors import ConfigError
+
+UPSAMPLING = ("transposed", "nearest", "bilinear", "unpool")
+
+
+def check_upsampling(kind: str, key: str = "model.upsampling") -> str:
+    """The kind, or a ConfigError listing the valid ones."""
+    if kind not in UPSAMPLING:
+        raise ConfigError(f"'{key}={kind}' is not an upsampling dl-run knows; valid: {', '.join(UPSAMPLING)} "
+                          f"(course 3 §3.2-§3.3).", key=key)
+    return kind
+
+
+class Downsample(nn.Module):
+    """Max-pooling by `scale`; returns (pooled, indices), the indices only when an unpooling decoder needs them."""
+
+    def __init__(self, scale: int = 2, keep_indices: bool = False) -> None:
+        super().__init__()
+        self.keep_indices = keep_indices
+        self.pool = nn.MaxPool2d(scale, return_indices=keep_indices)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.keep_indices:
+            return self.pool(x)
+        return self.pool(x), None
+
+
+class Upsample(nn.Module):
+    """Scale a feature map up by `scale` and map in_channels to out_channels, the `kind` way."""
+
+    def __init__(self, kind: str, in_channels: int, out_channels: int, scale: int = 2) -> None:
+        super().__init__()
+        self.kind = check_upsampling(kind)
+        if kind == "transposed":
+            # kernel = stride = scale: every output pixel gets exactly one kernel tap, so no overlap pattern.
+            self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=scale, stride=scale)
+            self.conv = None
+        else:
+            self.up = (nn.MaxUnpool2d(scale) if kind == "unpool" else
+                       nn.Upsample(scale_factor=scale, mode=kind, **({"align_corners": False}
+                                                                       if kind == "bilinear" else {})))
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor | None = None,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
+        """`indices` from the paired Downsample (unpool only); `size` = the encoder's map size before pooling."""
+        if self.kind == "unpool":
+            if indices is None:
+                raise ValueError("upsampling=unpool needs the pooling indices of the matching encoder layer")
+            x = self.up(x, indices, output_size=size)
+        else:
+            x = self.up(x)
+            if size is not None and tuple(x.shape[-2:]) != tuple(size):
+                # An odd encoder size (7 -> 3 by pooling) comes back one short (6): pad or crop to match it.
+                x = _fit(x, size)
+        return x if self.conv is None else self.conv(x)
+
+
+def _fit(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    return nn.functional.pad(x, [0, dw, 0, dh])  # negative padding crops
