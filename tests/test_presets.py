@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import compose_config
@@ -15,7 +16,9 @@ def sweep_params(experiment: str) -> dict[str, list[str]]:
     with initialize_config_module(config_module="dlrun.configs", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     assert str(cfg.hydra.mode).endswith("MULTIRUN")  # a sweep even without -m
-    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    parser = OverridesParser.create()
+    return {k: list(parser.parse_override(f"{k}={v}").sweep_string_iterator())
+            for k, v in cfg.hydra.sweeper.params.items()}
 
 
 def job(tmp_path, experiment: str, *shrink: str, **choice: str) -> dict:
@@ -23,7 +26,8 @@ def job(tmp_path, experiment: str, *shrink: str, **choice: str) -> dict:
     params = sweep_params(experiment)
     overrides = [f"{k}={v}" for k, v in choice.items()]
     for key, value in choice.items():
-        assert value in params[key], f"{experiment} does not sweep {key}={value}"
+        swept = [v.lower().replace(" ", "") for v in params[key]]
+        assert value.lower() in swept, f"{experiment} does not sweep {key}={value}"
     cfg = compose_config(f"experiment={experiment}", *overrides, "trainer.progress=false", "trainer.device=cpu",
                          "logger.gradients_every_n_steps=0", "logger.figures=false",
                          "trainer.checkpoint_every_n_epochs=1000", *shrink)
@@ -63,8 +67,16 @@ def test_dropout_lowers_the_best_validation_loss_of_an_overfitting_network(tmp_p
     assert dropout["best"]["value"] < plain["best"]["value"]
 
 
+def test_random_shifts_beat_no_augmentation_on_a_tenth_of_the_digits(tmp_path):
+    steps = "augmentation.steps"
+    plain = job(tmp_path, "augmentation_small_data", "trainer.epochs=100", **{steps: "[]"})
+    shifted = job(tmp_path, "augmentation_small_data", "trainer.epochs=100", **{steps: "[{name:crop,padding:1}]"})
+    assert shifted["best"]["value"] < 0.9 * plain["best"]["value"]
+    assert shifted["test"]["loss"] < plain["test"]["loss"]
+
+
 @pytest.mark.parametrize("experiment", ["init_comparison", "polynomial_capacity", "vanishing_gradients",
                                         "activation_comparison", "optimizer_comparison", "batch_lr_coupling",
-                                        "batchnorm", "dropout_overfit"])
+                                        "batchnorm", "dropout_overfit", "augmentation_small_data"])
 def test_every_sweep_preset_runs_as_a_multirun_without_dash_m(experiment):
     assert sweep_params(experiment)
