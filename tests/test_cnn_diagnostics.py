@@ -49,13 +49,16 @@ def test_a_cnn_run_on_digits_logs_grad_cam_filters_and_a_confusion_matrix(tmp_pa
     from conftest import compose_config
     from dlrun.run import run
 
-    cfg = compose_config("dataset=digits", "model=cnn", "trainer.epochs=1", "trainer.progress=false",
-                         "trainer.device=cpu")
-    run(OmegaConf.create(cfg), tmp_path, [])
+    cfg = compose_config("dataset=digits", "model=cnn", "trainer.epochs=2", "trainer.progress=false",
+                         "trainer.device=cpu", "logger.gradcam_every_n_epochs=1", "model.dropout=0.5")
+    metrics = run(OmegaConf.create(cfg), tmp_path, [])
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     events.Reload()
     assert {"cnn/grad_cam", "cnn/first_layer_filters", "cnn/first_layer_feature_maps",
             "test/confusion_matrix"} <= set(events.Tags()["images"])
+    # Every epoch's panel, not only the last: the heatmaps of epoch 1 and of epoch 2 are both there.
+    epoch_steps = [h["step"] for h in metrics["history"]]
+    assert [e.step for e in events.Images("cnn/grad_cam")][:2] == epoch_steps
 
 
 def test_mode_gradcam_on_a_trained_run_writes_its_panel_and_keeps_the_run(dl_run):

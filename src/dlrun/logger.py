@@ -18,8 +18,10 @@ class TensorBoardLogger:
     """Writes event files under the run directory; one folder per run, so sweeps compare side by side."""
 
     def __init__(self, log_dir: Path, log_every_n_steps: int = 10, purge_step: int | None = None,
-                 gradients_every_n_steps: int = 0, histograms: bool = True, figures: bool = True) -> None:
+                 gradients_every_n_steps: int = 0, histograms: bool = True, figures: bool = True,
+                 gradcam_every_n_epochs: int = 0) -> None:
         self.log_dir = Path(log_dir)
+        self.gradcam_every_n_epochs = gradcam_every_n_epochs
         self.log_every_n_steps = log_every_n_steps
         self.gradients_every_n_steps = gradients_every_n_steps
         self.histograms = histograms
@@ -114,9 +116,11 @@ class NullLogger:
 @LOGGERS.register("tensorboard")
 def build_tensorboard(run_dir: Path, purge_step: int | None = None, subdir: str = "tb",
                       log_every_n_steps: int = 10, gradients_every_n_steps: int = 100,
-                      histograms: bool = True, figures: bool = True) -> TensorBoardLogger:
+                      histograms: bool = True, figures: bool = True,
+                      gradcam_every_n_epochs: int = 0) -> TensorBoardLogger:
     """Event files in <run dir>/<subdir>; training loss every log_every_n_steps steps; per-layer gradient
-    norms and activation statistics every gradients_every_n_steps steps (0 = off)."""
+    norms and activation statistics every gradients_every_n_steps steps (0 = off); CNN views (Grad-CAM,
+    filters, feature maps) at the end and also every gradcam_every_n_epochs epochs (0 = only at the end)."""
     from dlrun.errors import ConfigError
 
     if log_every_n_steps < 1:
@@ -125,8 +129,11 @@ def build_tensorboard(run_dir: Path, purge_step: int | None = None, subdir: str 
     if gradients_every_n_steps < 0:
         raise ConfigError(f"'logger.gradients_every_n_steps={gradients_every_n_steps}' must be 0 (off) or positive.",
                           key="logger.gradients_every_n_steps")
+    if gradcam_every_n_epochs < 0:
+        raise ConfigError(f"'logger.gradcam_every_n_epochs={gradcam_every_n_epochs}' must be 0 (only at the end) "
+                          f"or positive.", key="logger.gradcam_every_n_epochs")
     return TensorBoardLogger(Path(run_dir) / subdir, log_every_n_steps, purge_step, gradients_every_n_steps,
-                             histograms, figures)
+                             histograms, figures, gradcam_every_n_epochs)
 
 
 @LOGGERS.register("none")

@@ -216,8 +216,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
             try:
                 state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts,
                             exp.device, logger, checkpoint_dir, extra, exp.prepare, progress, state, generator,
-                            monitor=monitor, stop=stop,
-                            epoch_view=epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger))
+                            monitor=monitor, stop=stop, epoch_view=epoch_views(exp, logger, state))
             except RuntimeError as err:
                 if exp.opts.detect_anomaly and "nan" in str(err).lower():
                     raise FloatingPointError(f"trainer.detect_anomaly: {err} The warning above shows the forward "
@@ -333,15 +332,36 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
     return per_class
 
 
+def epoch_views(exp: Experiment, logger: Any, state: TrainState | None) -> Any:
+    """What fit() logs after each validation: the sequence views, and Grad-CAM every N epochs for CNNs."""
+    views = [epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger)]
+    every = getattr(logger, "gradcam_every_n_epochs", 0)
+    if every and logger.figures and exp.info.task == "classification" and last_conv(exp.model) is not None:
+        epoch = state.epoch if state is not None else 0  # a resumed run keeps counting from its epoch
+
+        def cnn_view(model: torch.nn.Module, step: int) -> None:
+            nonlocal epoch
+            epoch += 1
+            if epoch % every == 0:  # course 3 §5.1: watch where the network looks as it learns
+                log_cnn_views(exp, logger, step)
+        views.append(cnn_view)
+    views = [view for view in views if view is not None]
+    if not views:
+        return None
+    return lambda model, step: [view(model, step) for view in views]
+
+
 def log_cnn_views(exp: Experiment, logger: Any, step: int, panel: int = 8) -> None:
     """Grad-CAM over a fixed panel of test images, the first layer's filters and feature maps (course 3 §5.1)."""
     from dlrun.diagnostics.cnn import feature_maps_grid, filters_grid, grad_cam, grad_cam_figure
 
     images = exp.prepare(exp.splits.x_test[:panel])  # the first test images: the same panel in every run
     true = exp.splits.y_test[:panel]
+    was_training = exp.model.training
     with torch.no_grad():
         exp.model.eval()
         predicted = exp.loss.predict_classes(exp.model(images).float())
+    exp.model.train(was_training)  # called between epochs too: training goes on with dropout and BN as before
     if exp.loss.binary:
         return  # one output: Grad-CAM per class needs one score per class
     names = exp.info.class_names or [str(i) for i in range(exp.info.num_classes)]
