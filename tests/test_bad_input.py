@@ -63,7 +63,8 @@ CASES = [
                              "start a new one"]),
     ([r"resume={run}", "model.hidden=[16]"], ["another model architecture",
                                               "'1.weight' has shape (8, 4) in the checkpoint but (16, 4)"]),
-    ([r"resume={run}", "optimizer=sgd"], ["another optimizer", "run's own optimizer"]),
+    ([r"resume={run}", "optimizer=sgd"], ["optimizer.name=sgd (was adam)", "saved state", "start a new run"]),
+    ([r"resume={run}", "optimizer.lr=0.5"], ["optimizer.lr=0.5 (was 0.001)", "no effect"]),
     ([r"hydra.run.dir={run}"], ["hydra.run.dir={run}", "already holds a run", "resume={run}"]),
     # Sequences (course 3 §5.3-5.4): windows that do not fit, a model that cannot read the data.
     (["dataset=sine", "dataset.input_length=3000"], ["dataset.input_length=3000", "longer than the 2000 steps"]),

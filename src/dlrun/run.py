@@ -170,6 +170,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     requeued = not cfg.get("resume") and bool(os.environ.get("SUBMITIT_EXECUTOR")) and checkpoint.exists(checkpoint_dir)
     if cfg.get("resume") or requeued:
         ckpt, path, problems = checkpoint.load_latest(checkpoint_dir)
+        refuse_changed_optimizer(cfg, ckpt.get("config"), path)
         state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path)
         # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
         for problem in problems:
@@ -432,6 +433,21 @@ def run_lr_find(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: 
                               f"optimizer.lr={finding.suggestion:.3g}", soft_wrap=True)
     console.console.print(f"Loss against learning rate: {png}", soft_wrap=True)
     return metrics
+
+
+def refuse_changed_optimizer(cfg: dict[str, Any], saved_yaml: str | None, path: Path) -> None:
+    """A resumed run continues its optimizer and scheduler from their saved state, which holds their settings
+    (learning rate, momentum, schedule): a changed setting would be silently overwritten, so it is refused."""
+    if not saved_yaml:
+        return
+    saved = OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=True)
+    changed = [f"{group}.{key}={cfg[group].get(key)} (was {saved[group].get(key)})"
+               for group in ("optimizer", "scheduler") if isinstance(saved.get(group), dict)
+               for key in sorted(set(cfg[group]) | set(saved[group])) if cfg[group].get(key) != saved[group].get(key)]
+    if changed:
+        raise ConfigError(f"Resuming from {path} continues the optimizer and scheduler from their saved state, so "
+                          f"{', '.join(changed)} would have no effect. Resume without these overrides, or start a new "
+                          f"run with them.", key=changed[0].split("=", 1)[0])
 
 
 def record_config(run_dir: Path, cfg_node: DictConfig, overrides: list[str]) -> None:
