@@ -39,17 +39,49 @@ class Result:
         return json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.fixture
-def dl_run(tmp_path: Path):
-    """Run `dl-run ARGS` as a subprocess in a fresh directory, as a user would."""
+@pytest.fixture(scope="session")
+def fork_server(tmp_path_factory):
+    """One process that has imported dl-run and forks a fresh child per command (tests/forkserver.py)."""
+    from forkserver import ForkServer
 
-    def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> Result:
+    server = ForkServer(tmp_path_factory.mktemp("forkserver"))
+    yield server
+    server.close()
+
+
+def user_env() -> dict[str, str]:
+    """The environment a user's shell would give dl-run: without the debugging switch that adds tracebacks."""
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
+@pytest.fixture
+def dl_run(tmp_path: Path, fork_server):
+    """Run `dl-run ARGS` in a fresh process and directory, as a user would.
+
+    `script=True` execs the installed `dl-run` script itself; otherwise the process is forked from the fork
+    server, which runs the same entry point without re-importing torch each time.
+    """
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 300, script: bool = False) -> Result:
         cwd = cwd or tmp_path
-        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        proc = subprocess.run([DL_RUN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+        if script:
+            proc = subprocess.run([DL_RUN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                                  env=user_env())
+        else:
+            proc = fork_server.run(list(args), cwd, user_env(), timeout)
         return Result(proc, cwd)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _torch_determinism_restored():
+    """A test that trains with trainer.deterministic=true in-process must not make later tests deterministic."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
 
 
 # Settings that keep an end-to-end run to a second or two.

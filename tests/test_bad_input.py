@@ -1,18 +1,16 @@
-"""The bad-input catalogue, through the real `dl-run` script: each case must end with a non-zero exit and
+"""The bad-input catalogue, each case `dl-run` in a process of its own (conftest.dl_run): each case must end with a non-zero exit and
 one clear message naming the key or file, the value and what is valid; no traceback; no new run directory
 left looking like a run; and no earlier run directory changed in any way."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import DL_RUN
+from conftest import user_env
 
 # {run} is an earlier, finished run in outputs/; {damaged} one whose checkpoints are both truncated.
 CASES = [
@@ -76,11 +74,11 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def earlier_runs(tmp_path_factory) -> dict[str, Path]:
+def earlier_runs(tmp_path_factory, fork_server) -> dict[str, Path]:
     """A finished run, and a copy of it whose checkpoints are cut short."""
     root = tmp_path_factory.mktemp("earlier")
-    done = subprocess.run([DL_RUN, "dataset=iris", "model.hidden=[8]", "trainer.epochs=2", "trainer.progress=false",
-                           "hydra.run.dir=run"], cwd=root, capture_output=True, text=True, timeout=300)
+    done = fork_server.run(["dataset=iris", "model.hidden=[8]", "trainer.epochs=2", "trainer.progress=false",
+                            "hydra.run.dir=run"], root, user_env())
     assert done.returncode == 0, done.stdout + done.stderr
     shutil.copytree(root / "run", root / "damaged")
     for name in ("last.pt", "previous.pt"):
@@ -98,7 +96,7 @@ def snapshot(outputs: Path) -> dict[str, tuple[bytes, int]]:
 IDS = [" ".join(a) for a, _ in CASES]
 
 
-def refuse(args: list[str], workdir: Path, earlier_runs: dict[str, Path]) -> dict:
+def refuse(args: list[str], workdir: Path, earlier_runs: dict[str, Path], server) -> dict:
     """Run one case in a directory of its own holding the input files and copies of the earlier runs."""
     workdir.mkdir(parents=True)
     (workdir / "data.csv").write_text("a,b,y\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(30)))
@@ -111,21 +109,19 @@ def refuse(args: list[str], workdir: Path, earlier_runs: dict[str, Path]) -> dic
     for name, source in earlier_runs.items():
         shutil.copytree(source, places[name])
     before = snapshot(outputs)
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.run([DL_RUN, *(a.format(**places) for a in args), "trainer.progress=false"], cwd=workdir,
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = server.run([*(a.format(**places) for a in args), "trainer.progress=false"], workdir, user_env())
     return {"code": proc.returncode, "output": proc.stdout + proc.stderr, "places": places,
             "unchanged": snapshot(outputs) == before}
 
 
 @pytest.fixture(scope="module")
-def refusals(request, earlier_runs, tmp_path_factory) -> dict[str, dict]:
-    """The selected cases, two processes at a time: each spends most of its time importing torch on one core."""
+def refusals(request, earlier_runs, tmp_path_factory, fork_server) -> dict[str, dict]:
+    """The selected cases, each in a process of its own, two at a time."""
     selected = {item.callspec.id for item in request.session.items
                 if getattr(item, "originalname", None) == "test_bad_input_is_refused_clearly"}
     root = tmp_path_factory.mktemp("refusals")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {case_id: pool.submit(refuse, args, root / f"case{n}", earlier_runs)
+        futures = {case_id: pool.submit(refuse, args, root / f"case{n}", earlier_runs, fork_server)
                    for n, (case_id, (args, _)) in enumerate(zip(IDS, CASES)) if case_id in selected}
         return {case_id: future.result() for case_id, future in futures.items()}
 
@@ -146,6 +142,6 @@ def test_bad_input_leaves_an_earlier_run_untouched(dl_run, tmp_path):
     assert good.code == 0
     (run_dir,) = good.run_dirs()
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
-    bad = dl_run(f"resume={run_dir}", "optimizer.lr=-1")
+    bad = dl_run(f"resume={run_dir}", "optimizer.lr=-1", script=True)  # the installed script, not a fork
     assert bad.code != 0 and "optimizer.lr" in bad.output
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before

@@ -1,4 +1,4 @@
-"""End to end through the real `dl-run` script, as subprocesses, on tiny settings."""
+"""End to end through `dl-run` in fresh processes (conftest.dl_run), on tiny settings."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def read_events(tb_dir: Path) -> EventAccumulator:
 
 
 def test_default_run_reaches_95_percent_and_prints_the_tensorboard_command(dl_run):
-    result = dl_run()
+    result = dl_run(script=True)  # the README's command, through the installed script itself
     assert result.code == 0, result.output
     metrics = result.metrics()
     assert metrics["test"]["accuracy"] >= 0.95
@@ -191,7 +191,7 @@ def test_user_config_dir_and_target_build_the_users_model(dl_run, tmp_path):
 def test_runs_from_any_directory(dl_run, tmp_path):
     elsewhere = tmp_path / "some" / "where"
     elsewhere.mkdir(parents=True)
-    result = dl_run(*TINY, "trainer.epochs=1", cwd=elsewhere)
+    result = dl_run(*TINY, "trainer.epochs=1", cwd=elsewhere, script=True)
     assert result.code == 0, result.output
     assert result.run_dirs()[0].is_relative_to(elsewhere / "outputs")
 

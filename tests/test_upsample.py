@@ -29,6 +29,17 @@ def test_unpooling_puts_each_maximum_back_where_it_was():
                                [0., 0., 0., 0.],
                                [9., 0., 0., 8.]]]])
     assert torch.equal(unpooled, expected)
+    assert torch.equal(unpooled, torch.nn.MaxUnpool2d(2)(pooled, indices, output_size=x.shape[-2:]))
+
+
+def test_unpooling_runs_in_deterministic_mode():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # trainer.deterministic=true: torch's own max_unpool2d refuses
+    try:
+        pooled, indices = Downsample(2, keep_indices=True)(torch.randn(2, 3, 6, 6))
+        assert Upsample("unpool", 3, 3)(pooled, indices, size=(6, 6)).shape == (2, 3, 6, 6)
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def test_unknown_upsampling_is_refused_with_the_valid_ones():

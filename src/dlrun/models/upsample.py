@@ -40,6 +40,24 @@ class Downsample(nn.Module):
         return self.pool(x), None
 
 
+class MaxUnpool(nn.Module):
+    """nn.MaxUnpool2d as a scatter: each value goes back to the position its pooling index names, zeros elsewhere.
+
+    torch's own max_unpool2d refuses to run under trainer.deterministic=true (it has no deterministic
+    kernel); the indices of one max-pooling never collide, so a plain scatter is exact and deterministic.
+    """
+
+    def __init__(self, scale: int = 2) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out_h, out_w = tuple(output_size[-2:]) if output_size is not None else (h * self.scale, w * self.scale)
+        flat = x.new_zeros(n, c, out_h * out_w)
+        return flat.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, out_h, out_w)
+
+
 class Upsample(nn.Module):
     """Scale a feature map up by `scale` and map in_channels to out_channels, the `kind` way."""
 
@@ -51,7 +69,7 @@ class Upsample(nn.Module):
             self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=scale, stride=scale)
             self.conv = None
         else:
-            self.up = (nn.MaxUnpool2d(scale) if kind == "unpool" else
+            self.up = (MaxUnpool(scale) if kind == "unpool" else
                        nn.Upsample(scale_factor=scale, mode=kind, **({"align_corners": False}
                                                                        if kind == "bilinear" else {})))
             self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
