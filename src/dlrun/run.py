@@ -9,6 +9,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
 from dlrun.losses import LOSSES, output_layer
 from dlrun.metrics import metric_names
+from dlrun import modes as serve_modes
 from dlrun.models import MODELS
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
 from dlrun.reference import least_squares
@@ -39,9 +41,8 @@ from dlrun.sequence_views import epoch_view
 from dlrun.summary import summarize
 from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, resolve_threads, restore
 
-MODES = ("train", "lr_find", "gradcam")
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
-                  "augmentation", "trainer", "logger", "experiment", "lr_find"}
+                  "augmentation", "trainer", "logger", "experiment", "lr_find", "predict", "export"}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -159,10 +160,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     cfg = OmegaConf.to_container(cfg_node, resolve=True)
     started = time.perf_counter()
     exp = Experiment(cfg, run_dir)
-    if cfg["mode"] == "lr_find":
-        return run_lr_find(exp, cfg, run_dir, overrides)
-    if cfg["mode"] == "gradcam":
-        return run_gradcam(exp, cfg, run_dir)
+    if MODES[cfg["mode"]] is not None:
+        return MODES[cfg["mode"]](exp, cfg, run_dir, overrides)
     checkpoint_dir = run_dir / "checkpoints"
     generator = torch.Generator().manual_seed(cfg["seed"])
     state = None
@@ -375,7 +374,7 @@ def log_cnn_views(exp: Experiment, logger: Any, step: int, panel: int = 8) -> No
     logger.images("cnn/first_layer_feature_maps", maps.unsqueeze(0), step)
 
 
-def run_gradcam(exp: Experiment, cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run_gradcam(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """mode=gradcam resume=<run dir>: Grad-CAM of a trained CNN over its test panel, into the same run."""
     from dlrun import figures
     from dlrun.diagnostics.cnn import grad_cam, grad_cam_figure
@@ -448,6 +447,11 @@ def refuse_changed_optimizer(cfg: dict[str, Any], saved_yaml: str | None, path: 
         raise ConfigError(f"Resuming from {path} continues the optimizer and scheduler from their saved state, so "
                           f"{', '.join(changed)} would have no effect. Resume without these overrides, or start a new "
                           f"run with them.", key=changed[0].split("=", 1)[0])
+
+
+# mode=<name> -> what runs it; None is training, in run() itself. eval, predict and export are in modes.py.
+MODES: dict[str, Callable[..., dict[str, Any]] | None] = {"train": None, "lr_find": run_lr_find,
+                                                          "gradcam": run_gradcam, **serve_modes.MODES}
 
 
 def record_config(run_dir: Path, cfg_node: DictConfig, overrides: list[str]) -> None:

@@ -58,6 +58,10 @@ class DataInfo:
     target_mean: torch.Tensor | None = None
     target_std: torch.Tensor | None = None
     feature_names: list[str] | None = None
+    # Tabular inputs standardised for training: the training split's per-feature mean and std, so new
+    # inputs (mode=predict) get the same scaling.
+    feature_mean: torch.Tensor | None = None
+    feature_std: torch.Tensor | None = None
     # uint8 images (the fast path): per-channel mean and std of the 0..1 pixels over the training split;
     # batches are scaled and standardised on the training device as they are drawn (dlrun.data.prepare).
     pixel_mean: tuple[float, ...] | None = None
@@ -150,7 +154,7 @@ def split_arrays(
         std = x[idx_train].std(axis=0)
         std[std < 1e-8] = 1.0
         x = (x - mean) / std
-    info_kwargs: dict = {}
+    info_kwargs: dict = {"feature_mean": torch.as_tensor(mean), "feature_std": torch.as_tensor(std)} if standardize else {}
     if task == "classification":
         y_t = torch.as_tensor(y, dtype=torch.long)
         num_classes = int(y_t.max().item()) + 1
