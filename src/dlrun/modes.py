@@ -121,7 +121,7 @@ def _is_number(text: str) -> bool:
 
 def read_images(folder: Path, info: Any) -> tuple[torch.Tensor, list[str]]:
     """Every image under a folder, resized to the run's input size, as the training data holds them."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
     if len(info.input_shape) != 3:
@@ -134,14 +134,17 @@ def read_images(folder: Path, info: Any) -> tuple[torch.Tensor, list[str]]:
     images = []
     for file in files:
         try:
-            image = decode_image(str(file), mode=ImageReadMode.UNCHANGED)
-        except RuntimeError as err:
+            image = Image.open(file)
+            image.load()
+        except (OSError, UnidentifiedImageError) as err:
             raise _bad_input(str(folder), f"cannot read the image {file}: {err}") from None
-        if image.shape[0] != channels:
-            raise _bad_input(str(folder), f"{file.name} has {image.shape[0]} channel(s); the run was trained on "
-                                          f"{channels}-channel images ({'grey' if channels == 1 else 'colour'}). "
+        bands = len(image.getbands())
+        if bands != channels:
+            raise _bad_input(str(folder), f"{file.name} has {bands} channel(s) ({image.mode}); the run was trained "
+                                          f"on {channels}-channel images ({'grey' if channels == 1 else 'colour'}). "
                                           f"Convert the images to {channels} channel(s).")
-        images.append(F.resize(image, [height, width], antialias=True))
+        # Resized as dataset=image_folder resizes its images, so the model sees what it saw in training.
+        images.append(F.pil_to_tensor(F.resize(image, [height, width])))
     x = torch.stack(images)
     if info.pixel_mean is None:  # a float image dataset (digits): pixels in 0..1
         x = x.float() / 255.0
