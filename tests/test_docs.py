@@ -3,9 +3,9 @@
 Each page is followed as a reader would, in a fresh directory: fenced blocks whose first line is
 `# file: <path>` are written there, `python <that file>` lines are run, and `dl-run` lines are taken in
 order, `resume=<run dir>` meaning the run the page trained last. The default suite *checks* every
-command (Hydra composes it, dl-run's preflight judges its overrides, and the whole Experiment is built:
-dataset, model, loss, optimizer, augmentation; sweeps take their first value); it *runs* the commands of
-extending.md. The slow suite runs every command, with tiny settings, in one process.
+command (Hydra composes it and the whole Experiment is built: dataset, model, loss, optimizer,
+augmentation; sweeps take their first value; `--help`, `--list`, `--cfg` are run, they only print); it
+*runs* the command of extending.md that uses all four of the reader's own pieces. The slow suite runs every command, with tiny settings, in one process.
 MNIST and CIFAR-10 commands read tiny files in the real formats (image_fixtures), never the network.
 """
 
@@ -38,8 +38,8 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 RUN_DIR = "RUN_DIR"  # stands for `<run dir>`, so that shlex keeps it one word
 # Appended to every training command: a couple of steps, on the CPU, quietly.
 TINY = ["trainer.max_steps=2", "trainer.progress=false", "trainer.threads=1", "trainer.device=cpu",
-        "lr_find.steps=5"]
-# Flags that print something instead of training: their overrides are checked, nothing is built.
+        "lr_find.steps=10"]
+# Flags that print something instead of training: cheap, so they are run even in the default suite.
 PRINTING = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
@@ -115,9 +115,9 @@ def compose_job(overrides: list[str], config_dir: str | None) -> dict:
 
 def check_command(args: list[str], workdir: Path, trained: list[str] | None) -> None:
     """Judge one command without training: overrides, composition, and the whole Experiment."""
-    if "--list" in args:
-        config_dir = args[args.index("--config-dir") + 1] if "--config-dir" in args else None
-        assert preflight.describe_options(config_dir)
+    if "--list" in args or set(args) & PRINTING:  # they only print: run them (--help, --cfg job, --list, ...)
+        code = run_dl_run(args)
+        assert code in (0, None), f"exit code {code}"
         return
     if any(a.startswith("resume=") for a in args):
         assert trained is not None, "resume=<run dir> comes before any training command on the page"
@@ -126,8 +126,6 @@ def check_command(args: list[str], workdir: Path, trained: list[str] | None) -> 
     # Hydra's composition refuses unknown options and keys as dl-run's preflight does (tested in test_cli).
     parsed = get_args_parser().parse_args(args)
     cfg = compose_job(first_of_sweeps(parsed.overrides), parsed.config_dir)
-    if set(args) & PRINTING:
-        return
     exp = Experiment(cfg, workdir / "not-written")
     if cfg["mode"] == "predict":
         read_inputs(cfg["predict"]["input"], exp.info)
@@ -223,6 +221,8 @@ def test_the_extending_guide_trains_the_users_own_pieces(reader):
     config = (reader / "outputs" / "mine" / ".hydra" / "config.yaml").read_text()
     for target in ("my_code.build_stripes", "my_code.build_tiny_cnn", "my_code.build_focal", "my_code.build_cutout"):
         assert f"_target_: {target}" in config
+    assert preflight.describe_options("my_configs")["model"]["tiny_cnn"] == (
+        "My smallest CNN: one convolution and global average pooling.")  # `dl-run --list --config-dir my_configs`
 
 
 @pytest.mark.slow
