@@ -49,8 +49,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # Set both ways: a deterministic experiment earlier in the same process must not leave the flag on.
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
 
 
