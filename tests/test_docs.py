@@ -222,7 +222,7 @@ def test_the_extending_guide_trains_the_users_own_pieces(reader):
     for target in ("my_code.build_stripes", "my_code.build_tiny_cnn", "my_code.build_focal", "my_code.build_cutout"):
         assert f"_target_: {target}" in config
     assert preflight.describe_options("my_configs")["model"]["tiny_cnn"] == (
-        "My smallest CNN: one convolution and global average pooling.")  # `dl-run --list --config-dir my_configs`
+        "My smallest CNN: one convolution, max pooling and a linear layer.")  # `dl-run --list --config-dir my_configs`
 
 
 @pytest.mark.slow
