@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import traceback
@@ -13,10 +15,11 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import console, preflight
+from dlrun import console, distributed, preflight
 from dlrun.errors import ConfigError
 from dlrun.interrupt import Interrupted
 
@@ -28,7 +31,20 @@ _sweep_dirs: set[str] = set()
 QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
 
 # Run and sweep directories end in the process id: two runs started in the same second never share one.
-OmegaConf.register_new_resolver("dlrun_pid", os.getpid, replace=True)
+# The id of the `dl-run` process itself, which its launcher's workers (joblib, submitit) inherit: a sweep
+# directory that a worker resolves again is the same one.
+OmegaConf.register_new_resolver("dlrun_pid", lambda: int(os.environ.get("DLRUN_PID") or os.getpid()), replace=True)
+
+
+class SweepDirectory(Callback):
+    """Hydra callback (configs/hydra/default.yaml): the sweep directory, as the process that launches the jobs sees it."""
+
+    path: str | None = None
+    search = False  # a search (Optuna) rather than a grid: failed trials are part of it
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        SweepDirectory.path = str(config.hydra.sweep.dir)
+        SweepDirectory.search = "optuna" in str(config.hydra.sweeper.get("_target_", ""))
 
 
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
@@ -38,11 +54,16 @@ def _train(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if distributed.launched():  # every rank works in rank 0's run directory; only rank 0 writes to it
+        own, run_dir = run_dir, Path(distributed.broadcast(str(run_dir)))
+        if own != run_dir:
+            shutil.rmtree(own, ignore_errors=True)  # the scratch directory Hydra made for this rank
     overrides = list(hydra_cfg.overrides.task)
     name = " ".join(o for o in overrides if _override_key(o) not in QUIET_KEYS) or "(defaults)"
     if hydra_cfg.mode is RunMode.MULTIRUN:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
     try:
+        _check_direction(hydra_cfg, cfg.trainer.monitor)
         metrics = run(cfg, run_dir, overrides)
     except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written
         resume = f"dl-run {shlex.quote(f'resume={run_dir.resolve()}')}"
@@ -82,15 +103,35 @@ def _train(cfg: DictConfig) -> float | None:
         _jobs.append(JobResult(name, str(run_dir), error=error))
         _crashes.append(name)
         return None
-    if metrics.get("mode", "train") != "train":
+    if metrics.get("mode", "train") != "train" or not distributed.is_main():
         return None
     _jobs.append(JobResult(name, str(run_dir), metrics=metrics))
-    test = metrics["test"]
-    return test.get("accuracy", test.get("loss"))
+    # The monitored validation metric, which a sweeper (Optuna) optimises: never the test score. None (not NaN)
+    # for a run without a finite one: the Optuna sweeper records it as a failed trial and goes on.
+    best = metrics["best"]["value"]
+    return best if best is not None and math.isfinite(best) else None
+
+
+def _check_direction(hydra_cfg: DictConfig, monitor: str) -> None:
+    """An Optuna search must minimise a loss and maximise an accuracy, or it looks for the worst trial."""
+    from dlrun.metrics import monitor_mode
+
+    direction = hydra_cfg.sweeper.get("direction")
+    wanted = {"min": "minimize", "max": "maximize"}[monitor_mode(monitor)]
+    if isinstance(direction, str) and direction != wanted:
+        raise ConfigError(f"'hydra.sweeper.direction={direction}' but trainer.monitor={monitor} is better "
+                          f"{'lower' if wanted == 'minimize' else 'higher'}: set hydra.sweeper.direction={wanted}.",
+                          key="hydra.sweeper.direction")
 
 
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def _devices(args: list[str]) -> int:
+    """`trainer.devices=N` from the command line (1 if absent or not a number: the config check says why)."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith("trainer.devices=")]
+    return int(given[-1]) if given and given[-1].isdigit() else 1
 
 
 def resume_arguments(args: list[str]) -> list[str]:
@@ -109,12 +150,19 @@ def resume_arguments(args: list[str]) -> list[str]:
                           f"{saved} and {checkpoints / 'last.pt'}.", key="resume")
     given = [a for a in args if not a.startswith("resume=")]
     given_keys = {_override_key(a) for a in given if "=" in a}
-    original = [o for o in yaml.safe_load(saved.read_text()) or []
+    original = [o for o in map(_renamed, yaml.safe_load(saved.read_text()) or [])
                 if _override_key(o) not in given_keys | {"resume", "hydra.run.dir"}]
     # hydra.output_subdir=null: Hydra must not rewrite the run's .hydra/ before the new overrides are checked;
     # run() records them itself once the config has proved valid.
     return _config_dir_of(run_dir, given) + original + given + [
         f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null", f"resume={run_dir.resolve()}"]
+
+
+def _renamed(override: str) -> str:
+    """An override saved by an older dl-run, in today's words (trainer.mixed_precision became trainer.precision)."""
+    if _override_key(override) == "trainer.mixed_precision":
+        return "trainer.precision=" + ("32" if override.split("=", 1)[1].lower() == "false" else "auto")
+    return override
 
 
 def _config_dir_of(run_dir: Path, given: list[str]) -> list[str]:
@@ -160,6 +208,9 @@ def report_sweep(sweep_dir: Path) -> None:
     for job in _jobs:
         if job.status == "failed":
             console.console.print(f"failed: {job.name}: {job.error}", soft_wrap=True)
+    best = sweep.best_command(_jobs, QUIET_KEYS)
+    if best is not None:
+        console.console.print(best, soft_wrap=True)
     if sweep_dir.is_dir():
         paths = sweep.write(sweep_dir, _jobs)
         console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
@@ -190,7 +241,14 @@ def main() -> None:
     # A `_target_: my_module.build` names code in the directory the user runs from, as `python -m` would see it.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    os.environ["DLRUN_PID"] = str(os.getpid())
     try:
+        devices = _devices(sys.argv[1:])
+        if devices > 1 and not distributed.launched():
+            distributed.launch(devices, sys.argv[1:])  # comes back here in each of the processes it starts
+        if distributed.launched() and any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+            raise ConfigError("A sweep (-m) cannot run inside torchrun: sweep with dl-run -m and give each job "
+                              "trainer.devices=N instead.", key="trainer.devices")
         refuse_existing_run(sys.argv[1:])
         sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
         preflight.check(sys.argv[1:])
@@ -199,13 +257,28 @@ def main() -> None:
             raise
         console.print_error(str(err))
         sys.exit(2)
+    if not distributed.is_main():
+        console.console.quiet = True  # rank 0 speaks for all; errors still reach stderr
+    distributed.setup()
+    sys.argv += distributed.worker_arguments()
     try:
         _train()
     except KeyboardInterrupt:  # before training started (training itself stops cleanly on its own)
         console.print_error("Interrupted before training started; nothing was trained.")
         sys.exit(130)
+    finally:
+        distributed.teardown()
+    if not _sweep_dirs and SweepDirectory.path is not None:
+        # The jobs ran in other processes (joblib, submitit): their results are read back from the sweep directory.
+        from dlrun.sweep import read_jobs
+
+        _jobs.extend(read_jobs(Path(SweepDirectory.path), QUIET_KEYS))
+        _crashes.extend(job.name for job in _jobs if job.status == "failed")
+        _sweep_dirs.add(SweepDirectory.path)
     if _sweep_dirs:
         report_sweep(Path(next(iter(_sweep_dirs))))
+    if SweepDirectory.search and any(job.status == "completed" for job in _jobs):
+        return  # a search that found a best trial succeeded; its failed trials are in the table
     if _crashes:
         sys.exit(1)
     if any(job.status == "failed" for job in _jobs):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,40 @@ def rows(jobs: list[JobResult]) -> list[dict[str, object]]:
         row["run_dir"] = job.run_dir
         out.append(row)
     return out
+
+
+def read_jobs(sweep_dir: Path, quiet_keys: set[str]) -> list[JobResult]:
+    """The jobs of a sweep whose jobs ran in other processes (joblib, submitit), from their directories."""
+    import yaml
+
+    jobs = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        run_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        name = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in quiet_keys) or "(defaults)"
+        path = run_dir / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else None
+        if metrics is not None and metrics.get("status") == "completed":
+            jobs.append(JobResult(name, str(run_dir), metrics=metrics))
+        else:
+            error = (metrics or {}).get("error") or f"no metrics.json: see {run_dir / 'dl-run.log'} and the job's output"
+            jobs.append(JobResult(name, str(run_dir), error=error))
+    return jobs
+
+
+def best_command(jobs: list[JobResult], quiet_keys: set[str]) -> str | None:
+    """The best completed job as a line to print: its monitored value, and the `dl-run` command that repeats it."""
+    done = [job for job in jobs if job.metrics is not None]
+    if not done:
+        return None
+    job = min(done, key=_sort_key)
+    best = job.metrics["best"]
+    # Without the search itself (hparams_search=...): the command trains that one trial again.
+    overrides = [o for o in job.metrics.get("overrides", job.name.split())
+                 if o.split("=", 1)[0].lstrip("+~") not in quiet_keys | {"hparams_search"}]
+    value = f"{best['value']:.4g}" if isinstance(best["value"], float) else best["value"]
+    return (f"Best: {best['monitor']} {value} at epoch {best['epoch']} ({job.run_dir}). Train it again:\n"
+            f"  dl-run {' '.join(shlex.quote(o) for o in overrides)}")
 
 
 def write(sweep_dir: Path, jobs: list[JobResult]) -> list[Path]:
