@@ -45,6 +45,11 @@ class SweepDirectory(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         SweepDirectory.path = str(config.hydra.sweep.dir)
         SweepDirectory.search = "optuna" in str(config.hydra.sweeper.get("_target_", ""))
+        try:
+            _check_direction(config.hydra, config.trainer.monitor)
+        except ConfigError as err:  # before any trial; SystemExit passes through Hydra's own error report
+            console.print_error(str(err))
+            sys.exit(2)
 
 
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
@@ -62,8 +67,10 @@ def _train(cfg: DictConfig) -> float | None:
     name = " ".join(o for o in overrides if _override_key(o) not in QUIET_KEYS) or "(defaults)"
     if hydra_cfg.mode is RunMode.MULTIRUN:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
+    if hydra_cfg.mode is RunMode.MULTIRUN and os.environ.get("DLRUN_PID") != str(os.getpid()):
+        # Jobs side by side (joblib): on a machine with several GPUs each takes its own.
+        cfg.trainer.device = distributed.job_device(cfg.trainer.device, hydra_cfg.job.num)
     try:
-        _check_direction(hydra_cfg, cfg.trainer.monitor)
         metrics = run(cfg, run_dir, overrides)
     except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written
         resume = f"dl-run {shlex.quote(f'resume={run_dir.resolve()}')}"
@@ -86,7 +93,10 @@ def _train(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for the whole stack trace
         console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
-        if not cfg.get("resume"):
+        if hydra_cfg.mode is RunMode.MULTIRUN and os.environ.get("DLRUN_PID") != str(os.getpid()):
+            # A job in a launcher's worker process: the sweep's summary, made elsewhere, reads why it failed here.
+            (run_dir / "failed.json").write_text(json.dumps({"error": str(err), "overrides": overrides}, indent=2))
+        elif not cfg.get("resume"):
             remove_unfinished(run_dir)
         _jobs.append(JobResult(name, str(run_dir), error=str(err)))
         return None
@@ -198,10 +208,13 @@ def report_sweep(sweep_dir: Path) -> None:
     # Name each row by what differs between the jobs; what they share goes in the title.
     common = set.intersection(*(set(job.name.split()) for job in _jobs)) if _jobs else set()
     # The terminal gets the essentials; summary.csv has every column.
-    shown = {" ".join(o for o in str(row["job"]).split() if o not in common) or str(row["job"]):
-             {k: v for k, v in row.items()
-                               if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
-             for row in table}
+    shown: dict[str, dict] = {}
+    for row in table:
+        label = " ".join(o for o in str(row["job"]).split() if o not in common) or str(row["job"])
+        if label in shown:  # a search may try the same values twice: each trial keeps its row
+            label = f"{label} ({Path(str(row['run_dir'])).name})"
+        shown[label] = {k: v for k, v in row.items()
+                        if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
     console.results_table(shown, title=f"sweep: {len(_jobs) - failed} finished job(s)"
                           + (f", {failed} failed" if failed else "") + ", best first"
                           + (f" (all with {' '.join(sorted(common))})" if common and len(_jobs) > 1 else ""))
@@ -272,8 +285,9 @@ def main() -> None:
         # The jobs ran in other processes (joblib, submitit): their results are read back from the sweep directory.
         from dlrun.sweep import read_jobs
 
-        _jobs.extend(read_jobs(Path(SweepDirectory.path), QUIET_KEYS))
-        _crashes.extend(job.name for job in _jobs if job.status == "failed")
+        jobs, crashed = read_jobs(Path(SweepDirectory.path), QUIET_KEYS)
+        _jobs.extend(jobs)
+        _crashes.extend(crashed)
         _sweep_dirs.add(SweepDirectory.path)
     if _sweep_dirs:
         report_sweep(Path(next(iter(_sweep_dirs))))

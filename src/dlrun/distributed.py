@@ -131,6 +131,14 @@ def sync_buffers(model: nn.Module) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
+def job_device(device: str, job_num: int) -> str:
+    """A sweep job in a launcher's worker on a machine with several GPUs: its own GPU, taken in turn."""
+    count = torch.cuda.device_count()
+    if device in ("auto", "cuda") and count > 1 and not launched():
+        return f"cuda:{job_num % count}"
+    return device
+
+
 def worker_arguments() -> list[str]:
     """Hydra overrides for ranks other than 0: a throw-away run directory and no files in it.
 

@@ -54,23 +54,27 @@ def rows(jobs: list[JobResult]) -> list[dict[str, object]]:
     return out
 
 
-def read_jobs(sweep_dir: Path, quiet_keys: set[str]) -> list[JobResult]:
-    """The jobs of a sweep whose jobs ran in other processes (joblib, submitit), from their directories."""
+def read_jobs(sweep_dir: Path, quiet_keys: set[str]) -> tuple[list[JobResult], list[str]]:
+    """The jobs of a sweep that ran in other processes (joblib, submitit), from their directories; and the
+    names of those that crashed (rather than failed on their input or a NaN loss)."""
     import yaml
 
-    jobs = []
+    jobs, crashed = [], []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         run_dir = overrides_file.parent.parent
         overrides = yaml.safe_load(overrides_file.read_text()) or []
         name = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in quiet_keys) or "(defaults)"
-        path = run_dir / "metrics.json"
-        metrics = json.loads(path.read_text()) if path.is_file() else None
-        if metrics is not None and metrics.get("status") == "completed":
-            jobs.append(JobResult(name, str(run_dir), metrics=metrics))
-        else:
-            error = (metrics or {}).get("error") or f"no metrics.json: see {run_dir / 'dl-run.log'} and the job's output"
-            jobs.append(JobResult(name, str(run_dir), error=error))
-    return jobs
+        metrics, failed = run_dir / "metrics.json", run_dir / "failed.json"
+        record = json.loads(metrics.read_text()) if metrics.is_file() else None
+        if record is not None and record.get("status") == "completed":
+            jobs.append(JobResult(name, str(run_dir), metrics=record))
+        elif failed.is_file():  # bad input or a NaN loss (cli.py)
+            jobs.append(JobResult(name, str(run_dir), error=json.loads(failed.read_text())["error"]))
+        else:  # a crash (metrics.json with its traceback), or a job killed before it could say
+            crashed.append(name)
+            jobs.append(JobResult(name, str(run_dir), error=(record or {}).get("error")
+                                  or f"no result: see {run_dir / 'dl-run.log'} and the job's output"))
+    return jobs, crashed
 
 
 def best_command(jobs: list[JobResult], quiet_keys: set[str]) -> str | None:
