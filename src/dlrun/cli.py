@@ -210,7 +210,7 @@ def report_sweep(sweep_dir: Path) -> None:
     # The terminal gets the essentials; summary.csv has every column.
     shown: dict[str, dict] = {}
     for row in table:
-        label = " ".join(o for o in str(row["job"]).split() if o not in common) or str(row["job"])
+        label = " ".join(_short(o) for o in str(row["job"]).split() if o not in common) or str(row["job"])
         if label in shown:  # a search may try the same values twice: each trial keeps its row
             label = f"{label} ({Path(str(row['run_dir'])).name})"
         shown[label] = {k: v for k, v in row.items()
@@ -228,6 +228,16 @@ def report_sweep(sweep_dir: Path) -> None:
         paths = sweep.write(sweep_dir, _jobs)
         console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
     console.console.print(f"Compare the runs:  tensorboard --logdir {sweep_dir.resolve()}", soft_wrap=True)
+
+
+def _short(override: str) -> str:
+    """`optimizer.lr=0.004500455147931924` as `optimizer.lr=0.0045`, for the table (the command keeps every digit)."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if len(value) > 8 and "." in value else override
 
 
 def list_options(argv: list[str]) -> None:
@@ -257,11 +267,14 @@ def main() -> None:
     os.environ["DLRUN_PID"] = str(os.getpid())
     try:
         devices = _devices(sys.argv[1:])
+        sweep = any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in sys.argv[1:])
+        if sweep and (devices > 1 or distributed.launched()):
+            raise ConfigError("A sweep (-m, hparams_search) runs its jobs one process each: it cannot run under "
+                              "torchrun or with trainer.devices>1. Train the chosen settings data-parallel "
+                              "afterwards, with dl-run trainer.devices=N <the best job's overrides>.",
+                              key="trainer.devices")
         if devices > 1 and not distributed.launched():
             distributed.launch(devices, sys.argv[1:])  # comes back here in each of the processes it starts
-        if distributed.launched() and any(a in ("-m", "--multirun") for a in sys.argv[1:]):
-            raise ConfigError("A sweep (-m) cannot run inside torchrun: sweep with dl-run -m and give each job "
-                              "trainer.devices=N instead.", key="trainer.devices")
         refuse_existing_run(sys.argv[1:])
         sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
         preflight.check(sys.argv[1:])
