@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -306,17 +307,19 @@ def fit(
             # Mid-epoch checkpoints only: at the epoch's last batch the epoch-end checkpoint follows at once.
             if state.batch < len(batches) and (stopping or (every and state.step % every == 0)):
                 finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
-                state.running_loss = running_loss
+                # The mean over ranks: every rank resumes from it, and the epoch's mean comes out the same.
+                state.running_loss = distributed.mean(running_loss)
                 now = time.perf_counter()
                 state.train_seconds, started = state.train_seconds + now - started, now
                 snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
                 _save_checkpoints(checkpoint_dir, snapshot, best_snapshot, logger, model)
                 best_snapshot = None
                 if stopping:
-                    raise Interrupted(stop.signum, f"in epoch {state.epoch + 1}, after step {state.step}")
+                    raise Interrupted(_signum(stop), f"in epoch {state.epoch + 1}, after step {state.step}")
 
         finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
-        train_loss = distributed.mean(running_loss / max(state.batch, 1)).item()  # waits for the device: the epoch's time is complete
+        # The mean over ranks; .item() waits for the device, so the epoch's time is complete.
+        train_loss = distributed.mean(running_loss / max(state.batch, 1)).item()
         state.epoch += 1
         state.batch, state.order, state.running_loss = 0, None, None
         state.train_seconds += time.perf_counter() - started
@@ -354,7 +357,7 @@ def fit(
         if progress is not None:
             progress.end_epoch(state.epoch, epoch_metrics, is_best)
         if stopping and not finished:
-            raise Interrupted(stop.signum, f"at the end of epoch {state.epoch} (step {state.step})")
+            raise Interrupted(_signum(stop), f"at the end of epoch {state.epoch} (step {state.step})")
         if state.stopped_early:
             break
     return state
@@ -367,6 +370,11 @@ def _done(state: TrainState, opts: TrainerOptions) -> bool:
 def _stopping(stop: StopOnSignal | None) -> bool:
     """A signal reached this process, or (under torchrun) any rank: all ranks stop at the same step."""
     return distributed.any_rank(stop is not None and stop.signum is not None)
+
+
+def _signum(stop: StopOnSignal | None) -> int:
+    """The signal this process caught, or SIGTERM when only another rank caught one."""
+    return stop.signum if stop is not None and stop.signum is not None else signal.SIGTERM
 
 
 def _check_finite(running_loss: torch.Tensor, state: TrainState, finite_at: int, optimizer: torch.optim.Optimizer,
