@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
-    base = ["experiment=mnist_cnn", f"trainer.device={args.device}", "trainer.progress=false", "logger=none"]
+    # trainer.epochs: the schedule (onecycle) is built for the warm-up epoch plus the timed ones.
+    base = ["experiment=mnist_cnn", f"trainer.device={args.device}", "trainer.progress=false", "logger=none",
+            f"trainer.epochs={1 + args.epochs}"]
     base += [f"dataset={args.dataset}"] if args.dataset else [f"dataset.root={args.root}"]
     variants = ["32", *[v for v in args.variants if v != "32"]]  # the baseline always runs, first
     results = {name: measure(base + VARIANTS[name], args.epochs) for name in variants}
