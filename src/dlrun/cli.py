@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import traceback
@@ -13,10 +15,11 @@ from pathlib import Path
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import console, preflight
+from dlrun import console, distributed, preflight
 from dlrun.errors import ConfigError
 from dlrun.interrupt import Interrupted
 
@@ -28,7 +31,25 @@ _sweep_dirs: set[str] = set()
 QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
 
 # Run and sweep directories end in the process id: two runs started in the same second never share one.
-OmegaConf.register_new_resolver("dlrun_pid", os.getpid, replace=True)
+# The id of the `dl-run` process itself, which its launcher's workers (joblib, submitit) inherit: a sweep
+# directory that a worker resolves again is the same one.
+OmegaConf.register_new_resolver("dlrun_pid", lambda: int(os.environ.get("DLRUN_PID") or os.getpid()), replace=True)
+
+
+class SweepDirectory(Callback):
+    """Hydra callback (configs/hydra/default.yaml): the sweep directory, as the process that launches the jobs sees it."""
+
+    path: str | None = None
+    search = False  # a search (Optuna) rather than a grid: failed trials are part of it
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        SweepDirectory.path = str(config.hydra.sweep.dir)
+        SweepDirectory.search = "optuna" in str(config.hydra.sweeper.get("_target_", ""))
+        try:
+            _check_direction(config.hydra, config.trainer.monitor)
+        except ConfigError as err:  # before any trial; SystemExit passes through Hydra's own error report
+            console.print_error(str(err))
+            sys.exit(2)
 
 
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
@@ -38,10 +59,17 @@ def _train(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if distributed.launched():  # every rank works in rank 0's run directory; only rank 0 writes to it
+        own, run_dir = run_dir, Path(distributed.broadcast(str(run_dir)))
+        if own != run_dir:
+            shutil.rmtree(own, ignore_errors=True)  # the scratch directory Hydra made for this rank
     overrides = list(hydra_cfg.overrides.task)
     name = " ".join(o for o in overrides if _override_key(o) not in QUIET_KEYS) or "(defaults)"
     if hydra_cfg.mode is RunMode.MULTIRUN:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
+    if hydra_cfg.mode is RunMode.MULTIRUN and os.environ.get("DLRUN_PID") != str(os.getpid()):
+        # Jobs side by side (joblib): on a machine with several GPUs each takes its own.
+        cfg.trainer.device = distributed.job_device(cfg.trainer.device, hydra_cfg.job.num)
     try:
         metrics = run(cfg, run_dir, overrides)
     except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written
@@ -65,7 +93,10 @@ def _train(cfg: DictConfig) -> float | None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for the whole stack trace
         console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
-        if not cfg.get("resume"):
+        if hydra_cfg.mode is RunMode.MULTIRUN and os.environ.get("DLRUN_PID") != str(os.getpid()):
+            # A job in a launcher's worker process: the sweep's summary, made elsewhere, reads why it failed here.
+            (run_dir / "failed.json").write_text(json.dumps({"error": str(err), "overrides": overrides}, indent=2))
+        elif not cfg.get("resume"):
             remove_unfinished(run_dir)
         _jobs.append(JobResult(name, str(run_dir), error=str(err)))
         return None
@@ -82,15 +113,35 @@ def _train(cfg: DictConfig) -> float | None:
         _jobs.append(JobResult(name, str(run_dir), error=error))
         _crashes.append(name)
         return None
-    if metrics.get("mode", "train") != "train":
+    if metrics.get("mode", "train") != "train" or not distributed.is_main():
         return None
     _jobs.append(JobResult(name, str(run_dir), metrics=metrics))
-    test = metrics["test"]
-    return test.get("accuracy", test.get("loss"))
+    # The monitored validation metric, which a sweeper (Optuna) optimises: never the test score. None (not NaN)
+    # for a run without a finite one: the Optuna sweeper records it as a failed trial and goes on.
+    best = metrics["best"]["value"]
+    return best if best is not None and math.isfinite(best) else None
+
+
+def _check_direction(hydra_cfg: DictConfig, monitor: str) -> None:
+    """An Optuna search must minimise a loss and maximise an accuracy, or it looks for the worst trial."""
+    from dlrun.metrics import monitor_mode
+
+    direction = hydra_cfg.sweeper.get("direction")
+    wanted = {"min": "minimize", "max": "maximize"}[monitor_mode(monitor)]
+    if isinstance(direction, str) and direction != wanted:
+        raise ConfigError(f"'hydra.sweeper.direction={direction}' but trainer.monitor={monitor} is better "
+                          f"{'lower' if wanted == 'minimize' else 'higher'}: set hydra.sweeper.direction={wanted}.",
+                          key="hydra.sweeper.direction")
 
 
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def _devices(args: list[str]) -> int:
+    """`trainer.devices=N` from the command line (1 if absent or not a number: the config check says why)."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith("trainer.devices=")]
+    return int(given[-1]) if given and given[-1].isdigit() else 1
 
 
 def resume_arguments(args: list[str]) -> list[str]:
@@ -109,12 +160,19 @@ def resume_arguments(args: list[str]) -> list[str]:
                           f"{saved} and {checkpoints / 'last.pt'}.", key="resume")
     given = [a for a in args if not a.startswith("resume=")]
     given_keys = {_override_key(a) for a in given if "=" in a}
-    original = [o for o in yaml.safe_load(saved.read_text()) or []
+    original = [o for o in map(_renamed, yaml.safe_load(saved.read_text()) or [])
                 if _override_key(o) not in given_keys | {"resume", "hydra.run.dir"}]
     # hydra.output_subdir=null: Hydra must not rewrite the run's .hydra/ before the new overrides are checked;
     # run() records them itself once the config has proved valid.
     return _config_dir_of(run_dir, given) + original + given + [
         f"hydra.run.dir={run_dir.resolve()}", "hydra.output_subdir=null", f"resume={run_dir.resolve()}"]
+
+
+def _renamed(override: str) -> str:
+    """An override saved by an older dl-run, in today's words (trainer.mixed_precision became trainer.precision)."""
+    if _override_key(override) == "trainer.mixed_precision":
+        return "trainer.precision=" + ("32" if override.split("=", 1)[1].lower() == "false" else "auto")
+    return override
 
 
 def _config_dir_of(run_dir: Path, given: list[str]) -> list[str]:
@@ -150,20 +208,36 @@ def report_sweep(sweep_dir: Path) -> None:
     # Name each row by what differs between the jobs; what they share goes in the title.
     common = set.intersection(*(set(job.name.split()) for job in _jobs)) if _jobs else set()
     # The terminal gets the essentials; summary.csv has every column.
-    shown = {" ".join(o for o in str(row["job"]).split() if o not in common) or str(row["job"]):
-             {k: v for k, v in row.items()
-                               if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
-             for row in table}
+    shown: dict[str, dict] = {}
+    for row in table:
+        label = " ".join(_short(o) for o in str(row["job"]).split() if o not in common) or str(row["job"])
+        if label in shown:  # a search may try the same values twice: each trial keeps its row
+            label = f"{label} ({Path(str(row['run_dir'])).name})"
+        shown[label] = {k: v for k, v in row.items()
+                        if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
     console.results_table(shown, title=f"sweep: {len(_jobs) - failed} finished job(s)"
                           + (f", {failed} failed" if failed else "") + ", best first"
                           + (f" (all with {' '.join(sorted(common))})" if common and len(_jobs) > 1 else ""))
     for job in _jobs:
         if job.status == "failed":
             console.console.print(f"failed: {job.name}: {job.error}", soft_wrap=True)
+    best = sweep.best_command(_jobs, QUIET_KEYS)
+    if best is not None:
+        console.console.print(best, soft_wrap=True)
     if sweep_dir.is_dir():
         paths = sweep.write(sweep_dir, _jobs)
         console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
     console.console.print(f"Compare the runs:  tensorboard --logdir {sweep_dir.resolve()}", soft_wrap=True)
+
+
+def _short(override: str) -> str:
+    """`optimizer.lr=0.004500455147931924` as `optimizer.lr=0.0045`, for the table (the command keeps every digit)."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if len(value) > 8 and "." in value else override
 
 
 def list_options(argv: list[str]) -> None:
@@ -190,7 +264,17 @@ def main() -> None:
     # A `_target_: my_module.build` names code in the directory the user runs from, as `python -m` would see it.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    os.environ["DLRUN_PID"] = str(os.getpid())
     try:
+        devices = _devices(sys.argv[1:])
+        sweep = any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in sys.argv[1:])
+        if sweep and (devices > 1 or distributed.launched()):
+            raise ConfigError("A sweep (-m, hparams_search) runs its jobs one process each: it cannot run under "
+                              "torchrun or with trainer.devices>1. Train the chosen settings data-parallel "
+                              "afterwards, with dl-run trainer.devices=N <the best job's overrides>.",
+                              key="trainer.devices")
+        if devices > 1 and not distributed.launched():
+            distributed.launch(devices, sys.argv[1:])  # comes back here in each of the processes it starts
         refuse_existing_run(sys.argv[1:])
         sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
         preflight.check(sys.argv[1:])
@@ -199,13 +283,29 @@ def main() -> None:
             raise
         console.print_error(str(err))
         sys.exit(2)
+    if not distributed.is_main():
+        console.console.quiet = True  # rank 0 speaks for all; errors still reach stderr
+    distributed.setup()
+    sys.argv += distributed.worker_arguments()
     try:
         _train()
     except KeyboardInterrupt:  # before training started (training itself stops cleanly on its own)
         console.print_error("Interrupted before training started; nothing was trained.")
         sys.exit(130)
+    finally:
+        distributed.teardown()
+    if not _sweep_dirs and SweepDirectory.path is not None:
+        # The jobs ran in other processes (joblib, submitit): their results are read back from the sweep directory.
+        from dlrun.sweep import read_jobs
+
+        jobs, crashed = read_jobs(Path(SweepDirectory.path), QUIET_KEYS)
+        _jobs.extend(jobs)
+        _crashes.extend(crashed)
+        _sweep_dirs.add(SweepDirectory.path)
     if _sweep_dirs:
         report_sweep(Path(next(iter(_sweep_dirs))))
+    if SweepDirectory.search and any(job.status == "completed" for job in _jobs):
+        return  # a search that found a best trial succeeded; its failed trials are in the table
     if _crashes:
         sys.exit(1)
     if any(job.status == "failed" for job in _jobs):

@@ -20,6 +20,14 @@ from dlrun.registry import closest
 
 CONFIG_PACKAGE = "dlrun.configs"
 
+# Hydra plugins behind options: (module, pip package, dl-run extra). The core install does not need them.
+_JOBLIB = ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "sweep")
+_SUBMITIT = ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm")
+_OPTUNA = ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "sweep")
+PLUGINS = {("hydra/launcher", "joblib"): _JOBLIB, ("hydra/launcher", "submitit_local"): _SUBMITIT,
+           ("hydra/launcher", "submitit_slurm"): _SUBMITIT, ("hydra/sweeper", "optuna"): _OPTUNA,
+           ("hparams_search", "optuna"): _OPTUNA}
+
 
 def config_options(config_dir: str | None = None) -> dict[str, list[str]]:
     """Every config group and its options: the shipped configs plus the user's --config-dir."""
@@ -62,6 +70,20 @@ def _choices(override: Override) -> list[str]:
     return [str(override.value())]
 
 
+def check_plugins(overrides: list[Override]) -> None:
+    """Raise ConfigError, with the pip command, for a launcher or sweeper whose Hydra plugin is not installed."""
+    from importlib.util import find_spec
+
+    for o in overrides:
+        for choice in _choices(o) if o.type is not OverrideType.DEL else []:
+            plugin = PLUGINS.get((o.key_or_group, choice))
+            if plugin is not None and find_spec(plugin[0]) is None:
+                raise ConfigError(
+                    f"'{o.key_or_group}={choice}' needs the Hydra plugin {plugin[1]}, which is not installed. Install "
+                    f"it with:  pip install {plugin[1]}  (or, in a dl-run checkout, pip install -e \".[{plugin[2]}]\")",
+                    key=o.key_or_group)
+
+
 def check(argv: list[str]) -> None:
     """Raise ConfigError for an unknown group option or an unknown key among the overrides in argv."""
     args = get_args_parser().parse_args(argv)
@@ -71,6 +93,7 @@ def check(argv: list[str]) -> None:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:
         return  # a syntax error: Hydra's own message points at the character
+    check_plugins(overrides)
     groups = config_options(args.config_dir)
     picked: list[str] = []
     for o in overrides:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import checkpoint, console
+from dlrun import checkpoint, console, distributed
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
 from dlrun.data.base import TASKS
@@ -39,7 +39,8 @@ from dlrun.reference import least_squares
 from dlrun.registry import check_arguments
 from dlrun.sequence_views import epoch_view
 from dlrun.summary import summarize
-from dlrun.train import TrainerOptions, TrainState, evaluate, fit, resolve_device, resolve_threads, restore
+from dlrun.train import (TrainerOptions, TrainState, autocast_for, evaluate, fit, resolve_device, resolve_threads,
+                         restore)
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
                   "augmentation", "trainer", "logger", "experiment", "lr_find", "predict", "export"}
@@ -99,7 +100,11 @@ class Experiment:
         self.cfg = cfg
         self.run_dir = run_dir
         self.opts = TrainerOptions(**check_arguments(TrainerOptions, cfg["trainer"], "trainer"))
-        self.device = resolve_device(self.opts.device)
+        self.device = distributed.device_for(resolve_device(self.opts.device))
+        autocast_for(self.device, self.opts.precision)  # refuses fp16 off a GPU before anything is written
+        if distributed.launched() and self.opts.devices not in (1, distributed.world_size()):
+            raise ConfigError(f"'trainer.devices={self.opts.devices}' but torchrun started "
+                              f"{distributed.world_size()} processes: give one or the other.", key="trainer.devices")
         self.threads = resolve_threads(self.opts.threads, self.opts.deterministic)
         torch.set_num_threads(self.threads)
         keep_freed_memory()
@@ -122,6 +127,8 @@ class Experiment:
         bias = init_cfg.pop("bias", 0.0)
         apply_init(self.model, INITS.build(init_cfg), bias)
         self.model.to(self.device)
+        if self.opts.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.splits = self.data.splits.to(self.device)  # held as tensors on the training device
         if self.opts.overfit_batches:
             # The same few batches for training and validation: a sanity check that the model can fit anything.
@@ -175,22 +182,28 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
         for problem in problems:
             console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
-        if problems and (checkpoint_dir / checkpoint.LAST).exists():
+        if distributed.launched():
+            distributed.broadcast(None)  # every rank has read the checkpoint before rank 0 moves any file
+        if problems and (checkpoint_dir / checkpoint.LAST).exists() and distributed.is_main():
             checkpoint.set_aside(checkpoint_dir / checkpoint.LAST)
-        if not requeued:
+        if not requeued and distributed.is_main():
             record_config(run_dir, cfg_node, overrides)
         within = f" (batch {state.batch} of epoch {state.epoch + 1})" if state.batch else ""
         console.console.print(f"{'Requeued: r' if requeued else 'R'}esuming from epoch {state.epoch}, step "
                               f"{state.step}{within} ({path})")
     else:
         console.config_tree(cfg)
-    for leftover in checkpoint.remove_temporary(checkpoint_dir):
+    for leftover in checkpoint.remove_temporary(checkpoint_dir) if distributed.is_main() else []:
         console.console.print(f"Removed {leftover.name}, a checkpoint whose writing was interrupted.")
     rows, total, trainable = exp.summary
     console.model_table(rows, total, trainable, exp.info.input_shape)
     console.console.print(f"device {exp.device} ({exp.threads} CPU thread{'s' * (exp.threads > 1)}), "
                           f"{len(exp.splits.x_train)} train / {len(exp.splits.x_val)} val / "
                           f"{len(exp.splits.x_test)} test samples, task {exp.info.task}, loss {exp.loss.name}")
+    if distributed.launched():
+        batch = exp.opts.batch_size_for(len(exp.splits.x_train))
+        console.console.print(f"data parallel: {distributed.world_size()} processes, global batch {batch} "
+                              f"(about {batch // distributed.world_size()} per process)")
     if exp.lr_scale != 1.0:
         console.console.print(f"learning rate scaled ×{exp.lr_scale:.3g} for batch size "
                               f"{exp.opts.batch_size_for(len(exp.splits.x_train))}: "
@@ -203,7 +216,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         console.console.print(f"initial loss {initial:.4f} (a constant prediction scores {chance:.4f})")
         if warning:
             console.print_warning(warning)
-    logger = LOGGERS.build(exp.logger_cfg, run_dir=run_dir, purge_step=state.step + 1 if state else None)
+    logger = (LOGGERS.build(exp.logger_cfg, run_dir=run_dir, purge_step=state.step + 1 if state else None)
+              if distributed.is_main() else LOGGERS.build({"name": "none"}, run_dir=run_dir))  # rank 0 logs
     if state is None:
         size = exp.opts.batch_size_for(len(exp.splits.x_train))
         logger.text("data/first_batch", batch_summary(exp.prepare(exp.splits.x_train[:size]),
@@ -218,6 +232,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
                 state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts,
                             exp.device, logger, checkpoint_dir, extra, exp.prepare, progress, state, generator,
                             monitor=monitor, stop=stop, epoch_view=epoch_views(exp, logger, state))
+                if not distributed.is_main():
+                    return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores
             except RuntimeError as err:
                 if exp.opts.detect_anomaly and "nan" in str(err).lower():
                     raise FloatingPointError(f"trainer.detect_anomaly: {err} The warning above shows the forward "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,44 @@ def rows(jobs: list[JobResult]) -> list[dict[str, object]]:
         row["run_dir"] = job.run_dir
         out.append(row)
     return out
+
+
+def read_jobs(sweep_dir: Path, quiet_keys: set[str]) -> tuple[list[JobResult], list[str]]:
+    """The jobs of a sweep that ran in other processes (joblib, submitit), from their directories; and the
+    names of those that crashed (rather than failed on their input or a NaN loss)."""
+    import yaml
+
+    jobs, crashed = [], []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        run_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        name = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in quiet_keys) or "(defaults)"
+        metrics, failed = run_dir / "metrics.json", run_dir / "failed.json"
+        record = json.loads(metrics.read_text()) if metrics.is_file() else None
+        if record is not None and record.get("status") == "completed":
+            jobs.append(JobResult(name, str(run_dir), metrics=record))
+        elif failed.is_file():  # bad input or a NaN loss (cli.py)
+            jobs.append(JobResult(name, str(run_dir), error=json.loads(failed.read_text())["error"]))
+        else:  # a crash (metrics.json with its traceback), or a job killed before it could say
+            crashed.append(name)
+            jobs.append(JobResult(name, str(run_dir), error=(record or {}).get("error")
+                                  or f"no result: see {run_dir / 'dl-run.log'} and the job's output"))
+    return jobs, crashed
+
+
+def best_command(jobs: list[JobResult], quiet_keys: set[str]) -> str | None:
+    """The best completed job as a line to print: its monitored value, and the `dl-run` command that repeats it."""
+    done = [job for job in jobs if job.metrics is not None]
+    if not done:
+        return None
+    job = min(done, key=_sort_key)
+    best = job.metrics["best"]
+    # Without the search itself (hparams_search=...): the command trains that one trial again.
+    overrides = [o for o in job.metrics.get("overrides", job.name.split())
+                 if o.split("=", 1)[0].lstrip("+~") not in quiet_keys | {"hparams_search"}]
+    value = f"{best['value']:.4g}" if isinstance(best["value"], float) else best["value"]
+    return (f"Best: {best['monitor']} {value} at epoch {best['epoch']} ({job.run_dir}). Train it again:\n"
+            f"  dl-run {' '.join(shlex.quote(o) for o in overrides)}")
 
 
 def write(sweep_dir: Path, jobs: list[JobResult]) -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dlrun import checkpoint
+from dlrun import checkpoint, distributed
 from dlrun.data.base import DataInfo, Splits
 from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
@@ -22,6 +23,9 @@ from dlrun.interrupt import Interrupted, StopOnSignal
 from dlrun.losses import Loss
 from dlrun.metrics import monitor_mode, task_metrics
 from dlrun.optim import Schedule
+
+
+PRECISIONS = ("auto", "32", "bf16", "fp16")
 
 
 @dataclass
@@ -36,7 +40,10 @@ class TrainerOptions:
     threads: int | str = "auto"  # CPU threads for torch's math; auto = the cores other work leaves free
     deterministic: bool = False
     gradient_clip: float | None = None  # max global gradient norm
-    mixed_precision: bool = True  # bf16/fp16 autocast, only ever used on a GPU
+    precision: str | int = "auto"  # 32, bf16 or fp16 autocast; auto = bf16 (else fp16) on a GPU, 32 elsewhere
+    compile: bool = False  # torch.compile the model for training
+    channels_last: bool = False  # NHWC memory layout for CNNs: faster convolutions on recent GPUs
+    devices: int = 1  # processes training together (data parallel); >1 starts them with torchrun
     early_stopping_patience: int | None = None  # epochs without improvement of `monitor` before stopping
     monitor: str = "val/loss"  # the metric that picks the best checkpoint and drives early stopping
     checkpoint_every_n_epochs: int = 1  # last.pt/best.pt are also always written when training ends
@@ -76,6 +83,12 @@ class TrainerOptions:
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
             raise ConfigError(f"'trainer.checkpoint_every_n_steps={self.checkpoint_every_n_steps}' must be a "
                               f"positive integer or null (only at epoch ends).", key="trainer.checkpoint_every_n_steps")
+        if str(self.precision) not in PRECISIONS:
+            raise ConfigError(f"'trainer.precision={self.precision}' is not a precision dl-run knows; valid: "
+                              f"{', '.join(PRECISIONS)}.", key="trainer.precision")
+        if self.devices < 1:
+            raise ConfigError(f"'trainer.devices={self.devices}' must be a positive integer (processes that train "
+                              f"together).", key="trainer.devices")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError(f"'trainer.early_stopping_patience={self.early_stopping_patience}' must be a "
                               f"positive integer or null.", key="trainer.early_stopping_patience")
@@ -140,13 +153,25 @@ def resolve_threads(threads: int | str, deterministic: bool) -> int:
     return max(1, min(cores, round(cores - os.getloadavg()[0])))
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """Mixed precision on GPU only: bf16 where the card supports it, else fp16 (with a grad scaler)."""
-    if not enabled or device.type != "cuda":
+def autocast_for(device: torch.device, precision: str | int):
+    """The autocast context for the forward pass, and a gradient scaler for fp16 (None otherwise)."""
+    precision = str(precision)
+    if precision == "auto":  # as before trainer.precision existed: mixed precision on a GPU only
+        if device.type != "cuda":
+            return nullcontext(), None
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "32":
         return nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast("cuda", dtype=dtype), scaler
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError(f"'trainer.precision=fp16' needs a CUDA GPU (its gradient scaler is CUDA only); this "
+                              f"run is on {device.type}. Use trainer.precision=bf16 (works on CPU) or 32.",
+                              key="trainer.precision")
+        return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("'trainer.precision=bf16' but this GPU has no bfloat16 support: use fp16 or 32.",
+                          key="trainer.precision")
+    return torch.autocast(device.type, dtype=torch.bfloat16), None
 
 
 def _as_is(x: torch.Tensor, train: bool = False) -> torch.Tensor:
@@ -206,7 +231,7 @@ def fit(
     n_train = len(x_train)
     batch_size = opts.batch_size_for(n_train)
     mode = monitor_mode(opts.monitor)
-    autocast, scaler = autocast_for(device, opts.mixed_precision)
+    autocast, scaler = autocast_for(device, opts.precision)
     if scaler is not None and state.scaler is not None:
         scaler.load_state_dict(state.scaler)
     log_every = getattr(logger, "log_every_n_steps", 0)
@@ -214,6 +239,11 @@ def fit(
     check_every = 1 if device.type == "cpu" or opts.detect_anomaly else (log_every or 10)
     finite_at = state.step  # the last step whose loss is known to be finite
     best_snapshot = None  # a best checkpoint not yet written: it goes to disk with the next last.pt
+    # Training runs through DDP (gradients averaged over ranks) and torch.compile when asked; evaluation and
+    # checkpoints use the plain model, so checkpoints are the same whatever the number of processes.
+    forward = distributed.wrap(model, device)
+    if opts.compile:
+        forward = torch.compile(forward)
     model.train()
 
     while state.epoch < opts.epochs and not _done(state, opts):
@@ -224,10 +254,11 @@ def fit(
             state.batch, state.running_loss = 0, torch.zeros(())
         order = state.order.to(x_train.device, non_blocking=True)
         running_loss = state.running_loss.to(device)
-        batches = order.split(batch_size)
+        batches = distributed.usable_batches(order.split(batch_size))
         if progress is not None:
             progress.start_epoch(state.epoch + 1, opts.epochs, len(batches))
         for idx in batches[state.batch:]:
+            idx = distributed.shard(idx)  # this rank's slice of the global batch
             # index_select gathers rows far faster than x[idx] (on CPU ~20x for uint8 images).
             xb, yb = prepare(x_train.index_select(0, idx), train=True), y_train.index_select(0, idx)
             if show_batch:  # course 3 §4.1: the first augmented batch, as the network sees it
@@ -235,8 +266,10 @@ def fit(
                 show_batch = False
             if monitor is not None:
                 monitor.before_forward(state.step + 1)
+            if opts.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:
-                output = model(xb)
+                output = forward(xb)
                 loss = loss_fn(output.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -269,25 +302,28 @@ def fit(
                 progress.advance(loss, state.step)
             if _done(state, opts):
                 break
-            stopping = stop is not None and stop.signum is not None
+            stopping = _stopping(stop)
             every = opts.checkpoint_every_n_steps
             # Mid-epoch checkpoints only: at the epoch's last batch the epoch-end checkpoint follows at once.
             if state.batch < len(batches) and (stopping or (every and state.step % every == 0)):
                 finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
-                state.running_loss = running_loss
+                # The mean over ranks: every rank resumes from it, and the epoch's mean comes out the same.
+                state.running_loss = distributed.mean(running_loss)
                 now = time.perf_counter()
                 state.train_seconds, started = state.train_seconds + now - started, now
                 snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
                 _save_checkpoints(checkpoint_dir, snapshot, best_snapshot, logger, model)
                 best_snapshot = None
                 if stopping:
-                    raise Interrupted(stop.signum, f"in epoch {state.epoch + 1}, after step {state.step}")
+                    raise Interrupted(_signum(stop), f"in epoch {state.epoch + 1}, after step {state.step}")
 
         finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
-        train_loss = (running_loss / max(state.batch, 1)).item()  # waits for the device: the epoch's time is complete
+        # The mean over ranks; .item() waits for the device, so the epoch's time is complete.
+        train_loss = distributed.mean(running_loss / max(state.batch, 1)).item()
         state.epoch += 1
         state.batch, state.order, state.running_loss = 0, None, None
         state.train_seconds += time.perf_counter() - started
+        distributed.sync_buffers(model)  # every rank scores the same weights and statistics, so all decide alike
         val = evaluate(model, loss_fn, data.x_val, data.y_val, info, opts.eval_batch_size, prepare)
         epoch_metrics = {"train/loss": train_loss, **{f"val/{k}": v for k, v in val.items()},
                          "lr": optimizer.param_groups[0]["lr"]}
@@ -308,7 +344,7 @@ def fit(
         if opts.early_stopping_patience is not None and state.bad_epochs >= opts.early_stopping_patience:
             state.stopped_early = True
         finished = state.epoch >= opts.epochs or _done(state, opts)
-        stopping = stop is not None and stop.signum is not None
+        stopping = _stopping(stop)
         saving = finished or stopping or state.epoch % opts.checkpoint_every_n_epochs == 0
         snapshot = (_checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
                     if saving or is_best else None)
@@ -321,7 +357,7 @@ def fit(
         if progress is not None:
             progress.end_epoch(state.epoch, epoch_metrics, is_best)
         if stopping and not finished:
-            raise Interrupted(stop.signum, f"at the end of epoch {state.epoch} (step {state.step})")
+            raise Interrupted(_signum(stop), f"at the end of epoch {state.epoch} (step {state.step})")
         if state.stopped_early:
             break
     return state
@@ -331,11 +367,21 @@ def _done(state: TrainState, opts: TrainerOptions) -> bool:
     return state.stopped_early or (opts.max_steps is not None and state.step >= opts.max_steps)
 
 
+def _stopping(stop: StopOnSignal | None) -> bool:
+    """A signal reached this process, or (under torchrun) any rank: all ranks stop at the same step."""
+    return distributed.any_rank(stop is not None and stop.signum is not None)
+
+
+def _signum(stop: StopOnSignal | None) -> int:
+    """The signal this process caught, or SIGTERM when only another rank caught one."""
+    return stop.signum if stop is not None and stop.signum is not None else signal.SIGTERM
+
+
 def _check_finite(running_loss: torch.Tensor, state: TrainState, finite_at: int, optimizer: torch.optim.Optimizer,
                   checkpoint_dir: Path) -> int:
     """Stop at the first non-finite loss, before any checkpoint is written from its weights; return the step."""
     total = running_loss.item()
-    if math.isfinite(total):
+    if not distributed.any_rank(not math.isfinite(total)):
         return state.step
     where = (f"at step {state.step}" if finite_at >= state.step - 1 else
              f"between step {finite_at + 1} and step {state.step} (read every few steps to spare GPU syncs)")
@@ -360,6 +406,8 @@ def _save_checkpoints(checkpoint_dir: Path, last: dict[str, Any], best: dict[str
     flush = getattr(logger, "flush", None)
     if flush is not None:
         flush()  # events up to this step reach the disk: a resumed run purges only later ones
+    if not distributed.is_main():
+        return  # rank 0 writes; the others hold the same weights
     if best is not None:
         checkpoint.save(checkpoint_dir / checkpoint.BEST, best)
     checkpoint.save(checkpoint_dir / checkpoint.LAST, last, keep_previous=True)

@@ -1,0 +1,164 @@
+"""Data-parallel training under torchrun: process group, ranks, sharding of the epoch's order, metric reduction.
+
+torchrun starts one process per device and tells each its RANK, LOCAL_RANK and WORLD_SIZE; everything here
+reads those and is a no-op in an ordinary single process. Every rank shuffles the same permutation of the
+training samples (same seed) and takes its own slice of each global batch, so a checkpoint's saved order
+and batch counter mean the same thing for any number of processes, and exact mid-epoch resume still holds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# A rank that waits longer than this in a collective gives up with an error instead of hanging for ever.
+# torchrun itself stops the other ranks as soon as one exits with an error; this bounds what it cannot see.
+TIMEOUT = timedelta(seconds=int(os.environ.get("DLRUN_DIST_TIMEOUT_S", "300")))
+
+
+def world_size() -> int:
+    """How many processes train together (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank, 0 outside torchrun."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's rank on its own machine: the GPU it uses."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes the run directory, checkpoints and TensorBoard."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """Under torchrun with more than one process."""
+    return world_size() > 1
+
+
+def setup() -> None:
+    """Join the process group torchrun described (gloo for CPU tensors, NCCL for CUDA ones when there is a GPU)."""
+    if not launched() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        backend = "cpu:gloo,cuda:nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+
+
+def teardown() -> None:
+    """Leave the process group (at the end of the process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(device: torch.device) -> torch.device:
+    """Each rank on its own GPU: `cuda` becomes cuda:<local rank>."""
+    if launched() and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank())
+    return device
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around the model when several processes train it, else the model itself."""
+    if not launched():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard(batch: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of one global batch of sample indices (the slices of all ranks make up the batch)."""
+    if not launched():
+        return batch
+    return batch.tensor_split(world_size())[rank()]
+
+
+def usable_batches(batches: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The global batches every rank gets a sample of: a last batch smaller than the world is left out."""
+    if launched() and batches and len(batches[-1]) < world_size():
+        return batches[:-1]
+    return batches
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all ranks (the tensor itself in a single process)."""
+    if not launched():
+        return value
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced / world_size()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any: ranks take the same decision (stop, give up) at the same step."""
+    if not launched():
+        return flag
+    value = torch.tensor([1 if flag else 0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's value of a picklable object, on every rank."""
+    if not launched():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank, so evaluation agrees everywhere."""
+    if not launched():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def job_device(device: str, job_num: int) -> str:
+    """A sweep job in a launcher's worker on a machine with several GPUs: its own GPU, taken in turn."""
+    count = torch.cuda.device_count()
+    if device in ("auto", "cuda") and count > 1 and not launched():
+        return f"cuda:{job_num % count}"
+    return device
+
+
+def worker_arguments() -> list[str]:
+    """Hydra overrides for ranks other than 0: a throw-away run directory and no files in it.
+
+    Hydra creates its run directory before the app starts; only rank 0's is kept, and the
+    others learn its path from rank 0 (see cli.py).
+    """
+    if not launched() or is_main():
+        return []
+    scratch = tempfile.mkdtemp(prefix=f"dlrun-rank{rank()}-")
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=none",
+            "hydra/hydra_logging=none"]
+
+
+def launch(devices: int, argv: list[str]) -> None:
+    """`dl-run trainer.devices=N`: start N processes with torchrun on this machine, each running dl-run."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", f"--nproc_per_node={devices}", "-m", "dlrun", *argv])
+    except ChildFailedError:
+        sys.exit(1)  # torchrun has printed which rank failed first, and stopped the others
+    sys.exit(0)

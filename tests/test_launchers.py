@@ -1,0 +1,76 @@
+"""Sweeps on Hydra's plugins: jobs in parallel (joblib), an Optuna search; a missing plugin names its pip command."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from omegaconf import OmegaConf
+
+from dlrun import preflight
+from dlrun.cli import SweepDirectory
+from dlrun.errors import ConfigError
+
+TINY = ("dataset=digits", "model.hidden=[8]", "trainer.progress=false", "trainer.device=cpu", "logger=none")
+
+
+def _sweep_dir(cwd):
+    (summary,) = (cwd / "outputs" / "multirun").rglob("summary.csv")
+    return summary.parent, list(csv.DictReader(summary.open()))
+
+
+def test_joblib_runs_the_jobs_side_by_side_and_the_summary_covers_them(dl_run, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = dl_run("-m", "hydra/launcher=joblib", "optimizer.lr=0.1,0.01", "trainer.epochs=2", *TINY)
+    assert result.code == 0, result.output[-3000:]
+    sweep, rows = _sweep_dir(tmp_path)
+    assert sorted(r["job"].split()[0] for r in rows) == ["optimizer.lr=0.01", "optimizer.lr=0.1"]
+    assert all(r["status"] == "completed" for r in rows)
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 2  # one sweep directory for both: the worker processes agree on it
+    # In parallel: each job started (Hydra wrote its config) before the other one finished.
+    started = [(job / ".hydra" / "config.yaml").stat().st_mtime for job in jobs]
+    finished = [(job / "metrics.json").stat().st_mtime for job in jobs]
+    assert started[0] < finished[1] and started[1] < finished[0]
+    assert "Best: val/loss" in result.output and "Train it again:\n  dl-run optimizer.lr=" in result.output
+
+
+def test_an_optuna_search_records_a_diverging_trial_as_failed_and_prints_the_best(dl_run, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    # Two learning rates instead of the preset's space: one makes the loss NaN at once. The random sampler's
+    # seed (0, from the preset) draws both among three trials.
+    result = dl_run("-m", "hparams_search=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=3",
+                    "hydra.sweeper.params=null", "optimizer=sgd", "optimizer.lr=choice(0.05,1e30)", "trainer.epochs=2",
+                    *TINY)
+    assert result.code == 0, result.output[-3000:]  # a search that found a best trial succeeded
+    sweep, rows = _sweep_dir(tmp_path)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"completed", "failed"}
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert all("optimizer.lr=1e+30" in r["job"] and "loss became nan" in r["error"].lower() for r in failed)
+    # Optuna's own record: the best value is the monitored metric of the completed trial.
+    completed = min((r for r in rows if r["status"] == "completed"), key=lambda r: float(r["val/loss"]))
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert f"best_value: {float(completed['val/loss'])}"[:20] in results
+    assert "Train it again:\n  dl-run optimizer.lr=0.05" in result.output
+    best_line = result.output.split("Train it again:\n  dl-run ")[1].splitlines()[0]
+    assert "hparams_search" not in best_line  # the command trains that trial, it does not search again
+
+
+def test_a_launcher_that_is_not_installed_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(preflight.PLUGINS, ("hydra/launcher", "joblib"),
+                        ("hydra_plugins.not_installed_launcher", "hydra-joblib-launcher", "sweep"))
+    with pytest.raises(ConfigError, match=r"pip install hydra-joblib-launcher .*pip install -e \"\.\[sweep\]\"") as err:
+        preflight.check(["-m", "hydra/launcher=joblib", "optimizer.lr=0.1,0.01"])
+    assert err.value.key == "hydra/launcher"
+
+
+def test_a_search_whose_direction_contradicts_the_monitor_stops_before_any_trial(capsys):
+    config = OmegaConf.create({"trainer": {"monitor": "val/accuracy"}, "hydra": {"sweep": {"dir": "outputs/x"}, "sweeper": {
+        "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "direction": "minimize"}}})
+    with pytest.raises(SystemExit) as stopped:
+        SweepDirectory().on_multirun_start(config)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "hydra.sweeper.direction=minimize' but trainer.monitor=val/accuracy" in err
+    assert "set hydra.sweeper.direction=maximize" in err
