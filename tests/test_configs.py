@@ -23,8 +23,9 @@ OPTIONS = [(g, f.name[:-5]) for g in GROUPS if g not in ("hydra",) for f in sort
                                                                                    key=lambda f: f.name)
            if f.name.endswith(".yaml")]
 # Companions tried in turn until the option fits: a binary loss needs two classes, mse a regression target,
-# a recurrent model a sequence.
-COMPANION_DATASETS = ("digits", "moons", "diabetes", "sine")
+# a recurrent model a sequence, a U-Net masks and a detector boxes (the tasks' presets, on a few scenes).
+COMPANIONS = (("dataset=digits",), ("dataset=moons",), ("dataset=diabetes",), ("dataset=sine",),
+              ("experiment=segmentation", "dataset.n_samples=40"), ("experiment=detection", "dataset.n_samples=40"))
 
 
 def test_every_group_has_options_and_every_yaml_starts_with_a_command():
@@ -78,14 +79,14 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
         exp = _build(tmp_path, f"{group}={option}")
     else:
         errors = []
-        for dataset in COMPANION_DATASETS:
+        for companion in COMPANIONS:
             try:
-                exp = _build(tmp_path, f"{group}={option}", f"dataset={dataset}")
+                exp = _build(tmp_path, f"{group}={option}", *companion)
                 break
             except ConfigError as err:
                 errors.append(str(err))
         else:
-            pytest.fail(f"{group}={option} fits none of {COMPANION_DATASETS}: {errors}")
+            pytest.fail(f"{group}={option} fits none of {COMPANIONS}: {errors}")
     # One real training step through the built pieces.
     x, y = exp.prepare(exp.splits.x_train[:8], train=True), exp.splits.y_train[:8]
     loss = exp.loss(exp.model(x), y)

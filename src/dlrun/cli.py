@@ -134,6 +134,20 @@ def _check_direction(hydra_cfg: DictConfig, monitor: str) -> None:
                           key="hydra.sweeper.direction")
 
 
+# A task that no classifier can serve runs its preset (its model and settings), unless the command names a
+# model or a preset itself: as a dataset may pick its model.
+TASK_PRESETS = {"segmentation": "segmentation", "detection": "detection"}
+
+
+def task_arguments(args: list[str]) -> list[str]:
+    """`task=segmentation` (or detection) without `model=` or `experiment=` adds the task's preset."""
+    tasks = [a.split("=", 1)[1] for a in args if _override_key(a) == "task" and "=" in a]
+    if not tasks or tasks[-1] not in TASK_PRESETS or any(_override_key(a) in ("model", "experiment")
+                                                         for a in args if "=" in a):
+        return args
+    return [*args, f"experiment={TASK_PRESETS[tasks[-1]]}"]
+
+
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -276,7 +290,7 @@ def main() -> None:
         if devices > 1 and not distributed.launched():
             distributed.launch(devices, sys.argv[1:])  # comes back here in each of the processes it starts
         refuse_existing_run(sys.argv[1:])
-        sys.argv = [sys.argv[0], *resume_arguments(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *task_arguments(resume_arguments(sys.argv[1:]))]
         preflight.check(sys.argv[1:])
     except ConfigError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

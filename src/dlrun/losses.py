@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo
+from dlrun.detection import YoloLoss
 from dlrun.errors import ConfigError
 from dlrun.registry import Registry
 
@@ -24,6 +26,7 @@ class Loss:
     output_activation: str | None = None  # appended to the model: sigmoid for bce, log_softmax for nll
     binary: bool = False  # one output scored against a 0/1 target
     class_dim: int = 1  # the output's class axis: 1 for (batch, classes), -1 for (batch, steps, tokens)
+    chance: Callable[[torch.Tensor], float] | None = None  # the loss of a model that learned nothing, if not the usual
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.binary:
@@ -41,6 +44,9 @@ class Loss:
 def _regression(name: str, info: DataInfo) -> None:
     if info.task == "seq2seq":
         _refuse_seq2seq(name, info)
+    if info.task == "detection":
+        raise ConfigError(f"'loss={name}' is a regression loss, but dataset '{info.name}' is detection: use "
+                          f"loss=yolo (or auto), which scores boxes, objectness and classes.", key="loss")
     if info.task != "regression":
         raise ConfigError(
             f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
@@ -57,7 +63,10 @@ def _refuse_seq2seq(name: str, info: DataInfo) -> None:
 def _classification(name: str, info: DataInfo, binary: bool) -> None:
     if info.task == "seq2seq" and (binary or name == "nll"):
         _refuse_seq2seq(name, info)
-    if info.task not in ("classification", "seq2seq"):
+    if info.task == "detection":
+        raise ConfigError(f"'loss={name}' scores one class per sample, but dataset '{info.name}' is detection "
+                          f"(boxes): use loss=yolo (or auto).", key="loss")
+    if info.task not in ("classification", "seq2seq", "segmentation"):
         raise ConfigError(
             f"'loss={name}' is a classification loss, but dataset '{info.name}' is {info.task} "
             f"(real-valued targets). Use loss=mse, mae, huber or msle.",
@@ -170,10 +179,33 @@ def build_nll(info: DataInfo) -> Loss:
     return Loss(nn.NLLLoss(), "nll", info.num_classes, output_activation="log_softmax")
 
 
+@LOSSES.register("yolo")
+def build_yolo(info: DataInfo, lambda_coord: float = 5.0, lambda_noobj: float = 0.5) -> Loss:
+    """YOLO's detection loss: box (with sqrt of width and height), objectness and class terms (course 3 §5.1)."""
+    if info.task != "detection":
+        raise ConfigError(f"'loss=yolo' scores boxes, but dataset '{info.name}' is {info.task}: use it with "
+                          f"task=detection on a dataset with boxes (dataset=shapes).", key="loss")
+    for key, value in (("lambda_coord", lambda_coord), ("lambda_noobj", lambda_noobj)):
+        if value < 0:
+            raise ConfigError(f"'loss.{key}={value}' must be 0 or more.", key=f"loss.{key}")
+    module = YoloLoss(lambda_coord, lambda_noobj)
+    out_features = 5 + info.num_classes  # per grid cell: objectness, x, y, sqrt(w), sqrt(h), one score per class
+
+    def chance(targets: torch.Tensor) -> float:
+        # A model that learned nothing outputs zeros: objectness 0.5 everywhere, boxes centred, classes uniform
+        # (on the grid of the last output scored; the runner scores a first batch before asking).
+        grid = module.grid or 4
+        return float(module(torch.zeros(len(targets), out_features, grid, grid), targets))
+    return Loss(module, "yolo", out_features, chance=chance)
+
+
 @LOSSES.register("auto")
 def build_auto(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
-    """The task's usual loss: cross-entropy for classification and seq2seq, MSE for regression."""
-    return build_cross_entropy(info) if info.task in ("classification", "seq2seq") else build_mse(info)
+    """The task's usual loss: cross-entropy for classification, seq2seq and segmentation (per pixel), YOLO's
+    for detection, MSE for regression."""
+    if info.task == "detection":
+        return build_yolo(info)
+    return build_cross_entropy(info) if info.task in ("classification", "seq2seq", "segmentation") else build_mse(info)
 
 
 def output_layer(name: str | None) -> nn.Module | None:

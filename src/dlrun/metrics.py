@@ -8,7 +8,9 @@ from torch import nn
 
 from dlrun.data.base import DataInfo, SequenceInfo
 from dlrun.decoding import greedy_decode
+from dlrun.detection import detection_metrics
 from dlrun.losses import Loss
+from dlrun.segmentation import segmentation_metrics
 
 
 def classification_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -35,7 +37,8 @@ def regression_metrics(prediction: torch.Tensor, target: torch.Tensor,
 
 def metric_names(task: str) -> tuple[str, ...]:
     """What evaluate() reports besides the loss for a task."""
-    return {"classification": ("accuracy",), "seq2seq": ("token_accuracy", "sequence_accuracy")}.get(
+    return {"classification": ("accuracy",), "seq2seq": ("token_accuracy", "sequence_accuracy"),
+            "segmentation": ("pixel_accuracy", "mean_iou", "dice"), "detection": ("map50",)}.get(
         task, ("mae", "rmse", "r2"))
 
 
@@ -77,6 +80,10 @@ def task_metrics(model: nn.Module, loss_fn: Loss, output: torch.Tensor, x: torch
     """The metrics of the dataset's task, computed from the model's outputs over one split."""
     if info.task == "classification":
         return classification_metrics(loss_fn.predict_classes(output), y)
+    if info.task == "segmentation":
+        return segmentation_metrics(loss_fn.predict_classes(output), y, info.num_classes)
+    if info.task == "detection":
+        return detection_metrics(output, y, info.num_classes)
     if info.task == "seq2seq":
         return seq2seq_metrics(model, loss_fn.predict_classes(output), x, y, info.sequence, batch_size)
     metrics = regression_metrics(output, y, info.target_mean, info.target_std)
@@ -88,4 +95,4 @@ def task_metrics(model: nn.Module, loss_fn: Loss, output: torch.Tensor, x: torch
 def monitor_mode(metric: str) -> str:
     """Whether a metric is better when smaller ('min') or larger ('max')."""
     name = metric.rsplit("/", 1)[-1]
-    return "max" if name.endswith("accuracy") or name == "r2" else "min"
+    return "max" if name.endswith("accuracy") or name in ("r2", "mean_iou", "dice", "map50") else "min"

@@ -21,6 +21,7 @@ from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
 from dlrun.data.base import TASKS
 from dlrun.data.prepare import Prepare
+from dlrun.dense_views import dense_view
 from dlrun.diagnostics.cnn import last_conv
 from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
@@ -110,11 +111,14 @@ class Experiment:
         keep_freed_memory()
         seed_everything(cfg["seed"], self.opts.deterministic)
 
-        self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"])
+        # A dataset that can serve several tasks (shapes: classes, masks or boxes) declares a `task` argument.
+        self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"], task=cfg.get("task"))
         self.info = self.data.info
         if cfg.get("task") not in (None, self.info.task):
+            needs = {"segmentation": " (it has no per-pixel masks)", "detection": " (it has no boxes)"}
             raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.info.name}', which is "
-                              f"{self.info.task}. Leave task unset, or pick a {cfg['task']} dataset.", key="task")
+                              f"{self.info.task}{needs.get(cfg['task'], '')}. Leave task unset, or pick a "
+                              f"{cfg['task']} dataset{' such as shapes' if cfg['task'] in needs else ''}.", key="task")
         monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in metric_names(self.info.task))]
         if self.opts.monitor not in monitors:
             raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
@@ -161,6 +165,19 @@ class Experiment:
         except RuntimeError as err:
             raise ConfigError(f"'model={cfg['model'].get('name')}' cannot take dataset '{self.info.name}' inputs of "
                               f"shape {tuple(self.info.input_shape)}: {err}", key="model") from None
+        with torch.no_grad():  # the model's output must fit the loss and the task's targets (masks, boxes, ...)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                self.loss(self.model(sample).float(), self.splits.y_train[:2])
+            except (RuntimeError, ValueError, IndexError) as err:
+                raise ConfigError(f"'model={cfg['model'].get('name')}' gives outputs of shape "
+                                  f"{tuple(self.model(sample).shape[1:])}, which loss '{self.loss.name}' cannot score "
+                                  f"against this {self.info.task} dataset's targets of shape "
+                                  f"{tuple(self.splits.y_train.shape[1:])} ({str(err).splitlines()[0]}). Pick a model "
+                                  f"made for the task (segmentation: unet; detection: yolo).", key="model") from None
+            finally:
+                self.model.train(was_training)
 
 
 def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -276,7 +293,8 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     if state.history:
         from dlrun import figures
 
-        main_metric = {"classification": "accuracy", "seq2seq": "sequence_accuracy"}.get(exp.info.task, "rmse")
+        main_metric = {"classification": "accuracy", "seq2seq": "sequence_accuracy", "segmentation": "mean_iou",
+                       "detection": "map50"}.get(exp.info.task, "rmse")
         figures.save(figures.run_curves_figure(state.history, main_metric, f"{exp.info.name}: curves {verdict.case}"),
                      run_dir / "curves.png")
     overfit = None
@@ -328,8 +346,8 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
     """Confusion matrix and per-class accuracy (classification) or predicted-vs-true (regression), on test."""
     from dlrun import figures
 
-    if exp.info.task == "seq2seq":
-        return None  # no single value or class per sample to plot; the Text tab shows decoded examples
+    if exp.info.task in ("seq2seq", "segmentation", "detection"):
+        return None  # no single value or class per sample to plot; the epoch views show examples
     exp.model.eval()
     x, y = exp.splits.x_test, exp.splits.y_test
     outputs = torch.cat([exp.model(exp.prepare(xb)) for xb in x.split(exp.opts.eval_batch_size)]).float()
@@ -350,8 +368,10 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
 
 
 def epoch_views(exp: Experiment, logger: Any, state: TrainState | None) -> Any:
-    """What fit() logs after each validation: the sequence views, and Grad-CAM every N epochs for CNNs."""
-    views = [epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger)]
+    """What fit() logs after each validation: the sequence views, masks or boxes drawn over images (segmentation,
+    detection), and Grad-CAM every N epochs for CNNs."""
+    views = [epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger),
+             dense_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger, exp.prepare)]
     every = getattr(logger, "gradcam_every_n_epochs", 0)
     if every and logger.figures and exp.info.task == "classification" and last_conv(exp.model) is not None:
         epoch = state.epoch if state is not None else 0  # a resumed run keeps counting from its epoch

@@ -9,7 +9,7 @@ import torch
 
 from dlrun.errors import ConfigError
 
-TASKS = ("classification", "regression", "seq2seq")
+TASKS = ("classification", "regression", "seq2seq", "segmentation", "detection")
 
 
 @dataclass

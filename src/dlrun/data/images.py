@@ -15,7 +15,7 @@ import torch
 
 from dlrun.data.base import DataInfo, Dataset, Splits, check_fractions
 from dlrun.data.registry import DATASETS
-from dlrun.data.shapes import SHAPES, draw_shapes
+from dlrun.data.shapes import SHAPES, draw_scenes, draw_shapes
 from dlrun.errors import ConfigError
 
 
@@ -147,11 +147,27 @@ def build_cifar10(seed: int = 0, root: str = "data", download: bool = True, val_
 
 @DATASETS.register("shapes")
 def build_shapes(seed: int = 0, n_samples: int = 3000, image_size: int = 32, channels: int = 1,
-                 min_size: float = 0.3, max_size: float = 0.8, noise: float = 0.05, rotate: bool = True,
-                 val_fraction: float = 0.15, test_fraction: float = 0.15) -> Dataset:
-    """Circles, squares and triangles drawn from a seed: image classification with nothing to download."""
+                 min_size: float | None = None, max_size: float | None = None, noise: float = 0.05,
+                 rotate: bool = True, val_fraction: float = 0.15, test_fraction: float = 0.15, objects: int = 4,
+                 task: str | None = None) -> Dataset:
+    """Circles, squares and triangles drawn from a seed: classification, or with task=segmentation/detection
+    scenes of up to `objects` shapes with their per-pixel classes or boxes; nothing to download."""
     if n_samples < 10:
         raise ConfigError(f"'dataset.n_samples={n_samples}' must be at least 10.", key="dataset.n_samples")
+    scene = task in ("segmentation", "detection")
+    # Several shapes must fit side by side in a scene: smaller ones by default.
+    min_size = min_size if min_size is not None else (0.25 if scene else 0.3)
+    max_size = max_size if max_size is not None else (0.5 if scene else 0.8)
+    if scene:
+        scenes = draw_scenes(n_samples, image_size, np.random.default_rng(seed), objects=objects, channels=channels,
+                             min_size=min_size, max_size=max_size, noise=noise, rotate=rotate)
+        targets = scenes.masks.long() if task == "segmentation" else scenes.boxes
+        # Segmentation scores every pixel: class 0 is the background. Detection's boxes carry the shape's class.
+        names = ["background", *SHAPES] if task == "segmentation" else list(SHAPES)
+        data = split_images(scenes.images, targets, name="shapes", class_names=names, seed=seed,
+                            val_fraction=val_fraction, test_fraction=test_fraction)
+        data.info.task = task
+        return data
     scenes = draw_shapes(n_samples, image_size, np.random.default_rng(seed), channels=channels, min_size=min_size,
                          max_size=max_size, noise=noise, rotate=rotate)
     return split_images(scenes.images, scenes.labels, name="shapes", class_names=list(SHAPES), seed=seed,

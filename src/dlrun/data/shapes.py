@@ -78,3 +78,53 @@ def draw_shapes(n: int, image_size: int, rng: np.random.Generator, channels: int
                       image_size - 1 - rows[:, ::-1].argmax(1)], axis=1).astype(np.float32)
     return ShapeScenes(torch.from_numpy(images), torch.from_numpy(labels).long(), torch.from_numpy(masks),
                        torch.from_numpy(boxes))
+
+
+@dataclass
+class Scenes:
+    """Scenes of several shapes each, for segmentation (a class per pixel) and detection (boxes)."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    masks: torch.Tensor  # uint8 (N, H, W): 0 = background, 1 + index into SHAPES inside a shape
+    boxes: torch.Tensor  # float (N, objects, 5): class, x_min, y_min, x_max, y_max in [0, 1]; class -1 = no object
+
+
+def draw_scenes(n: int, image_size: int, rng: np.random.Generator, objects: int = 3, channels: int = 1,
+                min_size: float = 0.3, max_size: float = 0.8, noise: float = 0.05, rotate: bool = True,
+                tries: int = 20) -> Scenes:
+    """n scenes of 1..objects shapes that do not overlap (a shape that finds no free place is left out)."""
+    draw_shapes(1, image_size, np.random.default_rng(0), channels, min_size, max_size, noise, rotate)  # checks
+    if objects < 1:
+        raise ConfigError(f"'dataset.objects={objects}' must be at least 1 shape per scene.", key="dataset.objects")
+    ys, xs = np.mgrid[0:image_size, 0:image_size] + 0.5  # pixel centres
+    images = np.empty((n, channels, image_size, image_size), dtype=np.uint8)
+    masks = np.zeros((n, image_size, image_size), dtype=np.uint8)
+    boxes = np.full((n, objects, 5), -1.0, dtype=np.float32)
+    for i in range(n):
+        wanted = rng.integers(1, objects + 1)
+        placed: list[tuple[float, float, float]] = []  # centre x, centre y, radius of each shape drawn
+        pixels = np.broadcast_to(rng.uniform(0.0, 0.35, (channels, 1, 1)), (channels, image_size, image_size)).copy()
+        for _ in range(wanted):
+            label, r = rng.integers(0, len(SHAPES)), rng.uniform(min_size, max_size) * image_size / 2
+            for _ in range(tries):  # the circumscribed circles must not touch: no shape hides another
+                cx, cy = rng.uniform(r, image_size - r, 2)
+                if all((cx - px) ** 2 + (cy - py) ** 2 > (r + pr + 1) ** 2 for px, py, pr in placed):
+                    break
+            else:
+                continue
+            angle = rng.uniform(0, 2 * math.pi) if rotate else 0.0
+            dx, dy = xs - cx, ys - cy
+            inside = _inside(np.array(label), math.cos(angle) * dx + math.sin(angle) * dy,
+                             -math.sin(angle) * dx + math.cos(angle) * dy, np.array(r))
+            if not inside.any():
+                continue
+            pixels[:, inside] = rng.uniform(0.6, 1.0, (channels, 1))
+            masks[i][inside] = label + 1
+            rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
+            # Normalised to [0, 1]: pixel edges, so a box covers its pixels whole.
+            boxes[i, len(placed)] = [label, cols[0] / image_size, rows[0] / image_size, (cols[-1] + 1) / image_size,
+                                     (rows[-1] + 1) / image_size]
+            placed.append((cx, cy, r))
+        pixels = pixels + noise * rng.standard_normal(pixels.shape)
+        images[i] = np.clip(np.round(pixels * 255), 0, 255).astype(np.uint8)
+    return Scenes(torch.from_numpy(images), torch.from_numpy(masks), torch.from_numpy(boxes))

@@ -163,6 +163,8 @@ def chance_loss(loss: Loss, targets: torch.Tensor, num_classes: int | None) -> f
     """The loss of the best constant prediction (class frequencies, or the mean target): the level of
     a model that learned nothing from the inputs."""
     targets = targets.cpu()
+    if loss.chance is not None:
+        return loss.chance(targets)
     with torch.no_grad():
         if loss.class_dim == -1:  # tokens (seq2seq): each token's frequency, at every step, padding aside
             prior = torch.bincount(targets.flatten(), minlength=loss.out_features).float().clamp_min(1)
@@ -174,6 +176,8 @@ def chance_loss(loss: Loss, targets: torch.Tensor, num_classes: int | None) -> f
             value = p if loss.output_activation == "sigmoid" else torch.log(p / (1 - p))
             output = value.expand(len(targets), 1)
         else:
-            prior = torch.bincount(targets, minlength=num_classes).float().clamp_min(1) / len(targets)
-            output = prior.log().expand(len(targets), num_classes)
+            # One class per sample, or per pixel (segmentation: targets (N, H, W), outputs (N, classes, H, W)).
+            prior = torch.bincount(targets.flatten(), minlength=num_classes).float().clamp_min(1) / targets.numel()
+            output = prior.log().view(1, num_classes, *[1] * (targets.dim() - 1)).expand(
+                len(targets), num_classes, *targets.shape[1:])
         return float(loss(output, targets))

@@ -1,0 +1,40 @@
+"""What segmentation and detection show in TensorBoard after each validation: masks or boxes over images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlrun.data.base import DataInfo
+from dlrun.data.prepare import Prepare
+from dlrun.detection import draw_detections
+from dlrun.segmentation import draw_masks
+
+EXAMPLES = 8  # validation images drawn each epoch
+
+
+def dense_view(info: DataInfo, x: torch.Tensor, y: torch.Tensor, logger: Any,
+               prepare: Prepare) -> Callable[[nn.Module, int], None] | None:
+    """A function (model, step) that draws predictions over a few validation images; None for other tasks."""
+    if info.task not in ("segmentation", "detection") or getattr(logger, "log_dir", None) is None or len(x) == 0:
+        return None
+    xs, ys = x[:EXAMPLES], y[:EXAMPLES]  # the same images every epoch, to watch the predictions improve
+
+    @torch.no_grad()
+    def view(model: nn.Module, step: int) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            output = model(prepare(xs)).float()
+        finally:
+            model.train(was_training)
+        if info.task == "segmentation":
+            logger.images("val/masks_true_vs_predicted",
+                          draw_masks(xs, output.argmax(1), ys, info.num_classes), step)
+        else:
+            logger.images("val/boxes_true_green_predicted_red",
+                          draw_detections(xs, output, ys, info.class_names), step)
+    return view

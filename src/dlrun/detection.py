@@ -1,0 +1,190 @@
+"""A one-stage, YOLO-style grid detector's loss, decoding, non-max suppression and mAP@0.5 (course 3 §5.1).
+
+The image is cut into an S x S grid; the cell holding a box's centre is responsible for it and predicts,
+per cell, 5 + C numbers (channels of the model's (N, 5 + C, S, S) output):
+  0       objectness (a logit): is there an object centred in this cell?
+  1, 2    the centre's offset inside the cell (logits of a sigmoid: 0..1 across the cell)
+  3, 4    sqrt(width), sqrt(height) of the box as fractions of the image (logits of a sigmoid)
+  5..     one score per class (softmax)
+Boxes are (x_min, y_min, x_max, y_max) normalised to [0, 1]. Targets are each image's boxes, padded to the
+same count with class -1: the grid is built from them per batch, so the dataset does not fix the grid size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import batched_nms, box_iou
+
+BOX_FIELDS = 5  # objectness, x, y, sqrt(w), sqrt(h)
+
+
+def encode_targets(boxes: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K, 5) boxes -> per cell: has an object (N, S, S) bool, box targets (N, S, S, 4), class (N, S, S).
+
+    Box targets are the centre's offset in its cell and sqrt(w), sqrt(h). Two boxes centred in one cell:
+    the later one wins, as in YOLO v1 (one object per cell).
+    """
+    n = boxes.shape[0]
+    obj = torch.zeros(n * grid * grid, dtype=torch.bool, device=boxes.device)
+    box = torch.zeros(n * grid * grid, 4, device=boxes.device)
+    cls = torch.zeros(n * grid * grid, dtype=torch.long, device=boxes.device)
+    valid = boxes[..., 0] >= 0
+    image = torch.arange(n, device=boxes.device).unsqueeze(1).expand(-1, boxes.shape[1])[valid]
+    b = boxes[valid]
+    cx, cy = (b[:, 1] + b[:, 3]) / 2 * grid, (b[:, 2] + b[:, 4]) / 2 * grid
+    col, row = cx.floor().clamp(0, grid - 1), cy.floor().clamp(0, grid - 1)
+    cell = image * grid * grid + row.long() * grid + col.long()
+    obj[cell] = True
+    wh = (b[:, 3:5] - b[:, 1:3]).clamp_min(0)
+    box[cell] = torch.stack([cx - col, cy - row, wh[:, 0].sqrt(), wh[:, 1].sqrt()], dim=1)
+    cls[cell] = b[:, 0].long()
+    return obj.view(n, grid, grid), box.view(n, grid, grid, 4), cls.view(n, grid, grid)
+
+
+class YoloLoss(nn.Module):
+    """YOLO v1's sum of squares on the box (with sqrt(w), sqrt(h)), objectness and class terms, per image.
+
+    The square roots make an error of a few pixels count more on a small box than on a large one (course 3
+    §5.1). Objectness and class use cross-entropies instead of v1's squared errors: the same targets, better
+    gradients for the logits. lambda_coord weights the box term up, lambda_noobj the many empty cells down.
+    """
+
+    def __init__(self, lambda_coord: float = 5.0, lambda_noobj: float = 0.5) -> None:
+        super().__init__()
+        self.lambda_coord = lambda_coord
+        self.lambda_noobj = lambda_noobj
+        self.grid: int | None = None  # the side of the last output's grid
+
+    def forward(self, output: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        if output.dim() != 4 or output.shape[2] != output.shape[3] or output.shape[1] <= BOX_FIELDS:
+            raise ValueError(f"a grid detector's output must be (batch, 5 + classes, S, S), got {tuple(output.shape)}")
+        if boxes.dim() != 3 or boxes.shape[-1] != 5:
+            raise ValueError(f"detection targets must be (batch, boxes, 5), got {tuple(boxes.shape)}")
+        self.grid = output.shape[-1]
+        obj, box, cls = encode_targets(boxes, self.grid)
+        out = output.permute(0, 2, 3, 1)  # (N, S, S, 5 + C)
+        objectness = nn.functional.binary_cross_entropy_with_logits(out[..., 0], obj.float(), reduction="none")
+        loss = objectness[obj].sum() + self.lambda_noobj * objectness[~obj].sum()
+        if obj.any():
+            predicted = torch.sigmoid(out[..., 1:BOX_FIELDS][obj])
+            loss = loss + self.lambda_coord * ((predicted - box[obj]) ** 2).sum()
+            loss = loss + nn.functional.cross_entropy(out[..., BOX_FIELDS:][obj], cls[obj], reduction="sum")
+        return loss / output.shape[0]
+
+
+def decode(output: torch.Tensor, score_threshold: float = 0.05, iou_threshold: float = 0.5,
+           max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
+    """Each image's detections after non-max suppression: boxes (k, 4) in [0, 1], scores (k,), labels (k,).
+
+    A box's score is objectness x the probability of its most likely class.
+    """
+    n, _, grid, _ = output.shape
+    out = output.float().permute(0, 2, 3, 1)
+    probs = torch.softmax(out[..., BOX_FIELDS:], dim=-1)
+    class_prob, labels = probs.max(dim=-1)
+    scores = torch.sigmoid(out[..., 0]) * class_prob
+    offsets = torch.sigmoid(out[..., 1:BOX_FIELDS])
+    rows, cols = torch.meshgrid(torch.arange(grid, device=out.device), torch.arange(grid, device=out.device),
+                                indexing="ij")
+    cx, cy = (cols + offsets[..., 0]) / grid, (rows + offsets[..., 1]) / grid
+    w, h = offsets[..., 2] ** 2, offsets[..., 3] ** 2
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1).clamp(0, 1)
+    detections = []
+    for i in range(n):
+        keep = scores[i].flatten() >= score_threshold
+        b, s, c = boxes[i].reshape(-1, 4)[keep], scores[i].flatten()[keep], labels[i].flatten()[keep]
+        # Non-max suppression (course 3 §5.1): of boxes of one class overlapping by IoU > iou_threshold, only the
+        # highest-scoring survives. torchvision's batched_nms does it per class in one call.
+        kept = batched_nms(b, s, c, iou_threshold)[:max_detections]
+        detections.append({"boxes": b[kept], "scores": s[kept], "labels": c[kept]})
+    return detections
+
+
+def ground_truth(boxes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """(N, K, 5) padded targets -> each image's real boxes (k, 4) and labels (k,)."""
+    return [{"boxes": b[b[:, 0] >= 0, 1:], "labels": b[b[:, 0] >= 0, 0].long()} for b in boxes]
+
+
+def average_precision(tp: torch.Tensor, scores: torch.Tensor, n_true: int) -> float:
+    """Area under the precision-recall curve of ranked detections, with precision made monotone (VOC, all points)."""
+    if n_true == 0:
+        return float("nan")
+    if len(tp) == 0:
+        return 0.0
+    order = scores.argsort(descending=True, stable=True)
+    hits = tp[order].float().cumsum(0)
+    recall = hits / n_true
+    precision = hits / torch.arange(1, len(tp) + 1, device=tp.device)
+    # Precision at recall r = the best precision at any recall >= r (the envelope).
+    envelope = precision.flip(0).cummax(0).values.flip(0)
+    steps = torch.diff(recall, prepend=torch.zeros(1, device=recall.device))
+    return float((steps * envelope).sum())
+
+
+def mean_average_precision(detections: list[dict[str, torch.Tensor]], truths: list[dict[str, torch.Tensor]],
+                           num_classes: int, iou_threshold: float = 0.5) -> dict[str, float]:
+    """mAP@iou_threshold: per class, rank every detection by score; a detection is a true positive when it
+    overlaps a not yet matched true box of its class by IoU >= iou_threshold; AP per class, mean over the
+    classes that have true boxes. Also returns each class's AP as ap_<class index>."""
+    per_class = {}
+    for c in range(num_classes):
+        tp, scores, n_true = [], [], 0
+        for det, truth in zip(detections, truths):
+            true_boxes = truth["boxes"][truth["labels"] == c]
+            n_true += len(true_boxes)
+            pick = det["labels"] == c
+            boxes, s = det["boxes"][pick], det["scores"][pick]
+            if len(s) == 0:
+                continue
+            order = s.argsort(descending=True, stable=True)
+            boxes, s = boxes[order], s[order]
+            matched = torch.zeros(len(true_boxes), dtype=torch.bool, device=boxes.device)
+            hit = torch.zeros(len(s), dtype=torch.bool, device=boxes.device)
+            if len(true_boxes):
+                iou = box_iou(boxes, true_boxes)
+                for k in range(len(s)):  # greedy, best score first, each true box matched once
+                    candidates = iou[k].masked_fill(matched, -1.0)
+                    best = int(candidates.argmax())
+                    if candidates[best] >= iou_threshold:
+                        matched[best] = hit[k] = True
+            tp.append(hit)
+            scores.append(s)
+        ap = average_precision(torch.cat(tp) if tp else torch.zeros(0, dtype=torch.bool),
+                               torch.cat(scores) if scores else torch.zeros(0), n_true)
+        per_class[f"ap_{c}"] = ap
+    present = [v for v in per_class.values() if v == v]  # NaN: a class with no true box is left out of the mean
+    return {"map50" if iou_threshold == 0.5 else f"map{int(iou_threshold * 100)}":
+            sum(present) / len(present) if present else float("nan"), **per_class}
+
+
+def detection_metrics(output: torch.Tensor, boxes: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """mAP@0.5 of the decoded, suppressed detections against the true boxes."""
+    scores = mean_average_precision(decode(output), ground_truth(boxes), num_classes)
+    return {"map50": scores["map50"]}
+
+
+def draw_detections(images: torch.Tensor, output: torch.Tensor, boxes: torch.Tensor, names: list[str],
+                    score_threshold: float = 0.5, scale: int = 4) -> torch.Tensor:
+    """uint8 images with true boxes (green) and detections scoring >= score_threshold (red), enlarged; 0..1."""
+    from torchvision.utils import draw_bounding_boxes
+
+    images = _as_rgb(images, scale)
+    side = images.shape[-1]
+    drawn = []
+    for image, det, truth in zip(images, decode(output, score_threshold), ground_truth(boxes)):
+        if len(truth["boxes"]):
+            image = draw_bounding_boxes(image, truth["boxes"].cpu() * side, colors="lime")
+        if len(det["boxes"]):
+            labels = [f"{names[int(c)]} {s:.2f}" for c, s in zip(det["labels"], det["scores"])]
+            image = draw_bounding_boxes(image, det["boxes"].cpu() * side, labels=labels, colors="red")
+        drawn.append(image)
+    return torch.stack(drawn).float() / 255
+
+
+def _as_rgb(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """uint8 (N, 1 or 3, H, W) on the CPU as 3 channels, each pixel repeated scale x scale times (to draw on)."""
+    images = images.detach().cpu()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3).contiguous()
