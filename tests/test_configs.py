@@ -23,9 +23,11 @@ OPTIONS = [(g, f.name[:-5]) for g in GROUPS if g not in ("hydra",) for f in sort
                                                                                    key=lambda f: f.name)
            if f.name.endswith(".yaml")]
 # Companions tried in turn until the option fits: a binary loss needs two classes, mse a regression target,
-# a recurrent model a sequence, a U-Net masks and a detector boxes (the tasks' presets, on a few scenes).
+# a recurrent model a sequence, a transfer model a backbone (the transfer preset's), a U-Net masks and a
+# detector boxes (the tasks' presets, on a few scenes).
 COMPANIONS = (("dataset=digits",), ("dataset=moons",), ("dataset=diabetes",), ("dataset=sine",),
-              ("experiment=segmentation", "dataset.n_samples=40"), ("experiment=detection", "dataset.n_samples=40"))
+              ("experiment=transfer_digits",), ("experiment=segmentation", "dataset.n_samples=40"),
+              ("experiment=detection", "dataset.n_samples=40"))
 
 
 def test_every_group_has_options_and_every_yaml_starts_with_a_command():

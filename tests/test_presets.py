@@ -77,6 +77,7 @@ def test_random_shifts_beat_no_augmentation_on_a_tenth_of_the_digits(tmp_path):
 
 @pytest.mark.parametrize("experiment", ["init_comparison", "polynomial_capacity", "vanishing_gradients",
                                         "activation_comparison", "optimizer_comparison", "batch_lr_coupling",
-                                        "batchnorm", "dropout_overfit", "augmentation_small_data"])
+                                        "batchnorm", "dropout_overfit", "augmentation_small_data",
+                                        "transfer_digits"])
 def test_every_sweep_preset_runs_as_a_multirun_without_dash_m(experiment):
     assert sweep_params(experiment)

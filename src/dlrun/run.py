@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlrun import checkpoint, console, distributed
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
-from dlrun.data.base import TASKS
+from dlrun.data.base import TASKS, Dataset, keep_subset
 from dlrun.data.prepare import Prepare
 from dlrun.dense_views import dense_view
 from dlrun.diagnostics.cnn import last_conv
@@ -35,6 +35,7 @@ from dlrun.losses import LOSSES, output_layer
 from dlrun.metrics import metric_names
 from dlrun import modes as serve_modes
 from dlrun.models import MODELS
+from dlrun.models.transfer import has_pretrained_weights, optimizer_parameters
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
 from dlrun.reference import least_squares
 from dlrun.registry import check_arguments
@@ -93,6 +94,14 @@ def hparams_of(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return flat
 
 
+def build_data(dataset_cfg: dict[str, Any], seed: int, task: str | None = None) -> Dataset:
+    """The dataset, with the class subset and training fraction that every dataset takes (course 3 §4.2)."""
+    cfg = dict(dataset_cfg)
+    classes, fraction = cfg.pop("classes", None), cfg.pop("train_fraction", 1.0)
+    # A dataset that can serve several tasks (shapes: classes, masks or boxes) declares a `task` argument.
+    return keep_subset(DATASETS.build(cfg, seed=seed, task=task), classes, fraction, seed)
+
+
 class Experiment:
     """Every built piece of one run, ready to train; building it checks the whole config first."""
 
@@ -111,8 +120,7 @@ class Experiment:
         keep_freed_memory()
         seed_everything(cfg["seed"], self.opts.deterministic)
 
-        # A dataset that can serve several tasks (shapes: classes, masks or boxes) declares a `task` argument.
-        self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"], task=cfg.get("task"))
+        self.data = build_data(cfg["dataset"], cfg["seed"], cfg.get("task"))
         self.info = self.data.info
         if cfg.get("task") not in (None, self.info.task):
             needs = {"segmentation": " (it has no per-pixel masks)", "detection": " (it has no boxes)"}
@@ -124,12 +132,21 @@ class Experiment:
             raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
                               f"valid: {', '.join(monitors)}.", key="trainer.monitor")
         self.loss = LOSSES.build(cfg["loss"], info=self.info, train_targets=self.data.splits.y_train)
-        model = MODELS.build(cfg["model"], info=self.info, out_features=self.loss.out_features)
+        # Transfer learning may pretrain its backbone first, on other classes of the same dataset (course 3 §4.2).
+        other_classes = lambda classes: build_data({**cfg["dataset"], "classes": classes,  # noqa: E731
+                                                    "train_fraction": 1.0}, cfg["seed"], cfg.get("task"))
+        model = MODELS.build(cfg["model"], info=self.info, out_features=self.loss.out_features, seed=cfg["seed"],
+                             load_classes=other_classes, run_dir=run_dir)
         last = output_layer(self.loss.output_activation)
         self.model = torch.nn.Sequential(model, last) if last is not None else model
         init_cfg = dict(cfg["init"])
         bias = init_cfg.pop("bias", 0.0)
-        apply_init(self.model, INITS.build(init_cfg), bias)
+        weight_fn = INITS.build(init_cfg)
+        if weight_fn is not None and has_pretrained_weights(self.model):
+            raise ConfigError(f"'init={init_cfg.get('name')}' would overwrite the pretrained backbone of "
+                              f"model={cfg['model'].get('name')}: use init=default (the new head starts as PyTorch "
+                              f"initialises it).", key="init")
+        apply_init(self.model, weight_fn, bias)
         self.model.to(self.device)
         if self.opts.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -146,7 +163,8 @@ class Experiment:
                                  optimizer_cfg.pop("base_batch_size", 32))
         if self.lr_scale != 1.0 and "lr" in optimizer_cfg:
             optimizer_cfg["lr"] = optimizer_cfg["lr"] * self.lr_scale
-        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=self.model.parameters())
+        # Frozen layers are left out; a fine-tuned backbone may learn at its own rate (a second parameter group).
+        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=optimizer_parameters(self.model))
         steps_per_epoch = -(-len(self.splits.x_train) // self.opts.batch_size_for(len(self.splits.x_train)))
         total = steps_per_epoch * self.opts.epochs
         if self.opts.max_steps is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -178,4 +178,51 @@ def split_arrays(
     info = DataInfo(
         input_shape=tuple(x_t.shape[1:]), task=task, name=name, feature_names=feature_names, **info_kwargs
     )
+    return Dataset(splits, info)
+
+
+def keep_subset(data: Dataset, classes: list[int] | None, train_fraction: float, seed: int) -> Dataset:
+    """Keep only `classes` (relabelled 0..k-1 in the order given) in every split, and a seeded, per-class
+    `train_fraction` of the training split: the small-data setting of transfer learning (course 3 §4.2)."""
+    splits, info = data.splits, data.info
+    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) or \
+            not 0.0 < train_fraction <= 1.0:
+        raise ConfigError(f"'dataset.train_fraction={train_fraction}' must be in (0, 1], e.g. 0.05 keeps 5% of the "
+                          f"training samples.", key="dataset.train_fraction")
+    if classes is not None:
+        if info.task != "classification":
+            raise ConfigError(f"'dataset.classes={classes}' keeps some classes of a classification dataset, but "
+                              f"dataset '{info.name}' is {info.task}. Leave dataset.classes=null.", key="dataset.classes")
+        valid = range(info.num_classes)
+        if not isinstance(classes, (list, tuple)) or len(classes) < 2 or len(set(classes)) != len(classes) or \
+                any(isinstance(c, bool) or c not in valid for c in classes):
+            raise ConfigError(f"'dataset.classes={classes}' must list at least two different class indices of "
+                              f"dataset '{info.name}', from 0 to {info.num_classes - 1} "
+                              f"({', '.join(info.class_names or [])}).", key="dataset.classes")
+        lookup = torch.full((info.num_classes,), -1, dtype=torch.long)
+        lookup[torch.tensor(classes)] = torch.arange(len(classes))
+        kept = []
+        for x, y in ((splits.x_train, splits.y_train), (splits.x_val, splits.y_val), (splits.x_test, splits.y_test)):
+            new = lookup[y.cpu()]
+            keep = new >= 0
+            kept += [x[keep.to(x.device)], new[keep].to(y.device)]
+        splits = Splits(*kept)
+        names = [info.class_names[c] for c in classes] if info.class_names else [str(c) for c in classes]
+        info = replace(info, num_classes=len(classes), class_names=names)
+    if train_fraction < 1.0:
+        rng = np.random.default_rng(seed)
+        y = splits.y_train.cpu()
+        # Per class, so that every class keeps at least one sample: a small fraction of a rare class is not none.
+        groups = [np.flatnonzero(y.numpy() == c) for c in range(info.num_classes)] if info.task == "classification" \
+            else [np.arange(len(y))]
+        picked = np.sort(np.concatenate([rng.permutation(g)[:max(1, round(len(g) * train_fraction))]
+                                         for g in groups if len(g)]))
+        index = torch.from_numpy(picked).to(splits.x_train.device)
+        splits = Splits(splits.x_train[index], splits.y_train[index.to(splits.y_train.device)], splits.x_val,
+                        splits.y_val, splits.x_test, splits.y_test)
+    if info.pixel_mean is not None and (classes is not None or train_fraction < 1.0):
+        from dlrun.data.images import pixel_stats  # the training split changed: so do its pixel statistics
+
+        mean, std = pixel_stats(splits.x_train)
+        info = replace(info, pixel_mean=mean, pixel_std=std)
     return Dataset(splits, info)

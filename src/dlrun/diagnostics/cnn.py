@@ -38,7 +38,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, layer: nn
     model.eval()
     try:
         with torch.enable_grad():
-            x = x.detach().float().requires_grad_(False)
+            # Gradients from the input on, so that a frozen backbone's maps get them too (transfer learning).
+            x = x.detach().float().requires_grad_(True)
             scores = model(x)
             picked = scores.gather(1, classes.view(-1, 1).to(scores.device)).sum()
             model.zero_grad(set_to_none=True)
