@@ -160,13 +160,34 @@ def test_the_task_picks_its_preset_unless_a_model_or_preset_is_given():
 @pytest.mark.parametrize("overrides,words", [
     (("experiment=segmentation", "dataset=digits"), ["task=segmentation", "digits", "no per-pixel masks"]),
     (("experiment=detection", "dataset=iris"), ["task=detection", "iris", "no boxes"]),
-    (("dataset=shapes", "model=unet"), ["model=unet", "task=segmentation", "classification"]),
-    (("experiment=segmentation", "model=cnn"), ["model=cnn", "cross_entropy", "(32, 32)", "unet"]),
-    (("experiment=detection", "loss=cross_entropy"), ["loss=cross_entropy", "detection", "loss=yolo"]),
-    (("dataset=shapes", "loss=yolo"), ["loss=yolo", "task=detection"]),
+    (("dataset=shapes", "model=unet", "dataset.n_samples=40"), ["model=unet", "task=segmentation", "classification"]),
+    (("experiment=segmentation", "model=cnn", "dataset.n_samples=40"),
+     ["model=cnn", "cross_entropy", "(32, 32)", "unet"]),
+    (("experiment=detection", "loss=cross_entropy", "dataset.n_samples=40"),
+     ["loss=cross_entropy", "detection", "loss=yolo"]),
+    (("dataset=shapes", "loss=yolo", "dataset.n_samples=40"), ["loss=yolo", "task=detection"]),
+    (("experiment=segmentation", "augmentation=standard", "dataset.n_samples=40"), ["Crop", "masks", "noise, color"]),
 ])
 def test_a_task_without_its_targets_or_model_is_refused_by_name(tmp_path, overrides, words):
     with pytest.raises(ConfigError) as err:
         Experiment(compose_config(*overrides, *QUIET), tmp_path)
     for word in words:
         assert word in str(err.value)
+
+
+def test_dl_run_task_detection_runs_the_preset_end_to_end(dl_run):
+    result = dl_run("task=detection", "dataset=shapes", "dataset.n_samples=40", "trainer.epochs=1",
+                    "model.channels=[8,8,8,8]", "model.convs_per_stage=1", "trainer.progress=false")
+    assert result.code == 0, result.output
+    metrics = result.metrics()
+    assert metrics["task"] == "detection" and "map50" in metrics["test"]
+    assert "experiment=detection" in metrics["overrides"]
+
+
+# ---- the accuracy targets of the issue, on the default settings (minutes: run with -m slow) ---------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,metric,target", [("segmentation", "mean_iou", 0.8), ("detection", "map50", 0.7)])
+def test_the_default_presets_reach_their_targets_on_test(tmp_path, task, metric, target):
+    cfg = compose_config(f"experiment={task}", *QUIET)
+    assert run(OmegaConf.create(cfg), tmp_path, [])["test"][metric] >= target

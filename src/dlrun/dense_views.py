@@ -11,9 +11,23 @@ from torch import nn
 from dlrun.data.base import DataInfo
 from dlrun.data.prepare import Prepare
 from dlrun.detection import draw_detections
+from dlrun.errors import ConfigError
 from dlrun.segmentation import draw_masks
 
 EXAMPLES = 8  # validation images drawn each epoch
+
+
+def refuse_moving_augmentation(augment: Any, info: DataInfo) -> None:
+    """Flips, rotations and crops move an image's pixels but not its masks or boxes: refuse them for these tasks."""
+    from dlrun.augment import Compose, Crop, Flip, Rotate
+
+    steps = augment.steps if isinstance(augment, Compose) else [augment]
+    moving = [s for s in steps if isinstance(s, (Crop, Flip, Rotate))]
+    if info.task in ("segmentation", "detection") and moving:
+        raise ConfigError(f"'augmentation' {moving[0]!r} moves the pixels of the images but not their "
+                          f"{'masks' if info.task == 'segmentation' else 'boxes'}: task={info.task} takes only "
+                          f"augmentations that leave pixels in place (noise, color), or augmentation=none.",
+                          key="augmentation")
 
 
 def dense_view(info: DataInfo, x: torch.Tensor, y: torch.Tensor, logger: Any,

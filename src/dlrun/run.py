@@ -21,7 +21,7 @@ from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
 from dlrun.data.base import TASKS, Dataset, keep_subset
 from dlrun.data.prepare import Prepare
-from dlrun.dense_views import dense_view
+from dlrun.dense_views import dense_view, refuse_moving_augmentation
 from dlrun.diagnostics.cnn import last_conv
 from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
@@ -171,7 +171,9 @@ class Experiment:
             total = min(total, self.opts.max_steps)
         self.schedule = SCHEDULERS.build(cfg["scheduler"], optimizer=self.optimizer, total_steps=total,
                                          steps_per_epoch=steps_per_epoch, epochs=self.opts.epochs)
-        self.prepare = Prepare(self.info, AUGMENTATIONS.build(cfg["augmentation"]), self.device)
+        augment = AUGMENTATIONS.build(cfg["augmentation"])
+        refuse_moving_augmentation(augment, self.info)
+        self.prepare = Prepare(self.info, augment, self.device)
         self.logger_cfg = dict(cfg["logger"])
         # Check the logger's keys now; it is built (and writes files) only when training starts.
         check_arguments(LOGGERS.get(self.logger_cfg.get("name", "tensorboard"), "logger"),

@@ -192,7 +192,8 @@ def keep_subset(data: Dataset, classes: list[int] | None, train_fraction: float,
     if classes is not None:
         if info.task != "classification":
             raise ConfigError(f"'dataset.classes={classes}' keeps some classes of a classification dataset, but "
-                              f"dataset '{info.name}' is {info.task}. Leave dataset.classes=null.", key="dataset.classes")
+                              f"dataset '{info.name}' is {info.task}. Leave dataset.classes=null.",
+                              key="dataset.classes")
         valid = range(info.num_classes)
         if not isinstance(classes, (list, tuple)) or len(classes) < 2 or len(set(classes)) != len(classes) or \
                 any(isinstance(c, bool) or c not in valid for c in classes):

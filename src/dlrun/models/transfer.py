@@ -229,7 +229,8 @@ def pretrain(backbone: dict[str, Any], classes: list[int], epochs: int, lr: floa
     fit(net, loss, optimizer, Schedule(None), data.splits.to(device), data.info, opts, device, NullLogger(),
         partial / "checkpoints", {}, Prepare(data.info, None, device),
         generator=torch.Generator().manual_seed(seed))
-    OmegaConf.save(OmegaConf.create({"model": backbone, "pretrain": json.loads(key)}), partial / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"model": backbone, "pretrain": json.loads(key)}),
+                   partial / ".hydra" / "config.yaml")
     try:
         partial.rename(run_dir)
     except OSError:  # another job of the sweep finished the same pretraining first: use its run
