@@ -262,10 +262,10 @@ def build_transfer(
     """A pretrained backbone (source, arch + weights, or pretrain_classes) with a new head of out_features."""
     given = [k for k, v in (("source", source), ("arch", arch), ("pretrain_classes", pretrain_classes)) if v]
     if len(given) != 1:
-        raise ConfigError(f"'model=transfer' needs exactly one backbone: model.source=<dl-run run directory or "
-                          f"checkpoint>, model.arch=<torchvision architecture> with model.weights, or "
+        raise ConfigError(f"'model=transfer' needs a backbone, exactly one of: model.source=<dl-run run directory "
+                          f"or checkpoint>, model.arch=<torchvision architecture> with model.weights, or "
                           f"model.pretrain_classes=[...] with model.backbone; got "
-                          f"{', '.join(given) or 'none'}.", key="model.source")
+                          f"{', '.join(given) or 'none'}.", key="model")
     if trainable_blocks is not None and (freeze or trainable_blocks < 0):
         raise ConfigError(f"'model.trainable_blocks={trainable_blocks}' fine-tunes the last N backbone layers: it "
                           f"needs model.freeze=false and N >= 0 (null: all of them).", key="model.trainable_blocks")
