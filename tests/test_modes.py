@@ -118,10 +118,10 @@ def digits_run(tmp_path_factory) -> dict:
 def test_predict_on_images_and_arrays_names_classes_with_probabilities(digits_run):
     from PIL import Image
 
-    from dlrun.data import DATASETS
+    from dlrun.run import build_data
 
     root, run_dir = digits_run["root"], digits_run["run_dir"]
-    splits = DATASETS.build(compose_config(*digits_run["args"])["dataset"], seed=0).splits
+    splits = build_data(compose_config(*digits_run["args"])["dataset"], seed=0).splits  # as the runner builds it
     np.save(root / "test.npy", splits.x_test.numpy())
     common = (*digits_run["args"], "mode=predict", f"resume={run_dir}")
     run_in_process(run_dir, *common, f"predict.input={root / 'test.npy'}", f"predict.output={root / 'a.csv'}")

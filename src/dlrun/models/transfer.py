@@ -221,7 +221,7 @@ def pretrain(backbone: dict[str, Any], classes: list[int], epochs: int, lr: floa
     net = MODELS.build(backbone, key="model.backbone", info=data.info, out_features=len(classes)).to(device)
     loss = LOSSES.build({"name": "cross_entropy"}, info=data.info)
     optimizer = OPTIMIZERS.build({"name": "adam", "lr": lr}, params=net.parameters())
-    opts = TrainerOptions(epochs=epochs, progress=False, monitor="val/accuracy", mixed_precision=False)
+    opts = TrainerOptions(epochs=epochs, progress=False, monitor="val/accuracy")
     # Written beside its final place, then renamed: a run stopped half-way leaves nothing that looks finished.
     partial = run_dir.with_name(f"{run_dir.name}.partial{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
