@@ -41,7 +41,7 @@ class Loss:
 def _regression(name: str, info: DataInfo) -> None:
     if info.task == "seq2seq":
         _refuse_seq2seq(name, info)
-    if info.task != "regression":
+    if info.task not in ("regression", "reconstruction"):  # an autoencoder regresses its input
         raise ConfigError(
             f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
             f"{info.num_classes} classes. Use loss=cross_entropy (or nll; bce/bce_with_logits for two classes).",

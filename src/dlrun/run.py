@@ -16,22 +16,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import checkpoint, console, distributed
+from dlrun import checkpoint, console, distributed, generative_views
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
 from dlrun.data.base import TASKS
 from dlrun.data.prepare import Prepare
 from dlrun.diagnostics.cnn import last_conv
-from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
-from dlrun.diagnostics.startup import batch_summary, initial_loss_check
+from dlrun.diagnostics.startup import batch_summary
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
 from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
-from dlrun.losses import LOSSES, output_layer
-from dlrun.metrics import metric_names
+from dlrun.losses import output_layer
 from dlrun import modes as serve_modes
 from dlrun.models import MODELS
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
@@ -39,7 +37,8 @@ from dlrun.reference import least_squares
 from dlrun.registry import check_arguments
 from dlrun.sequence_views import epoch_view
 from dlrun.summary import summarize
-from dlrun.train import (TrainerOptions, TrainState, autocast_for, evaluate, fit, resolve_device, resolve_threads,
+from dlrun.tasks import INPUT_TASKS, build_loss, build_task, main_parameters, model_config, task_info
+from dlrun.train import (TrainerOptions, TrainState, autocast_for, fit, resolve_device, resolve_threads,
                          restore)
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
@@ -65,8 +64,8 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"'seed={cfg.get('seed')!r}' must be an integer.", key="seed")
     if cfg.get("mode") not in MODES:
         raise ConfigError(f"'mode={cfg.get('mode')}' is not available; valid modes: {', '.join(MODES)}.", key="mode")
-    if cfg.get("task") not in (None, *TASKS):
-        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: {', '.join(TASKS)} "
+    if cfg.get("task") not in (None, *TASKS, *INPUT_TASKS):
+        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: {', '.join(TASKS + INPUT_TASKS)} "
                           f"(or leave it unset to take the dataset's).", key="task")
 
 
@@ -111,16 +110,9 @@ class Experiment:
         seed_everything(cfg["seed"], self.opts.deterministic)
 
         self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"])
-        self.info = self.data.info
-        if cfg.get("task") not in (None, self.info.task):
-            raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.info.name}', which is "
-                              f"{self.info.task}. Leave task unset, or pick a {cfg['task']} dataset.", key="task")
-        monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in metric_names(self.info.task))]
-        if self.opts.monitor not in monitors:
-            raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
-                              f"valid: {', '.join(monitors)}.", key="trainer.monitor")
-        self.loss = LOSSES.build(cfg["loss"], info=self.info, train_targets=self.data.splits.y_train)
-        model = MODELS.build(cfg["model"], info=self.info, out_features=self.loss.out_features)
+        self.info = task_info(cfg.get("task"), self.data.info)  # reconstruction and gan see the inputs only
+        self.loss = build_loss(cfg["loss"], self.info, self.data.splits.y_train)
+        model = MODELS.build(model_config(cfg["model"], self.info), info=self.info, out_features=self.loss.out_features)
         last = output_layer(self.loss.output_activation)
         self.model = torch.nn.Sequential(model, last) if last is not None else model
         init_cfg = dict(cfg["init"])
@@ -142,7 +134,14 @@ class Experiment:
                                  optimizer_cfg.pop("base_batch_size", 32))
         if self.lr_scale != 1.0 and "lr" in optimizer_cfg:
             optimizer_cfg["lr"] = optimizer_cfg["lr"] * self.lr_scale
-        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=self.model.parameters())
+        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=main_parameters(self.model))
+        self.task = build_task(self.info, self.loss, self.model,
+                               lambda params: OPTIMIZERS.build(optimizer_cfg, params=params),
+                               cfg["scheduler"].get("name"), cfg["mode"])
+        monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in self.task.metric_names)]
+        if self.opts.monitor not in monitors:
+            raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
+                              f"valid: {', '.join(monitors)}.", key="trainer.monitor")
         steps_per_epoch = -(-len(self.splits.x_train) // self.opts.batch_size_for(len(self.splits.x_train)))
         total = steps_per_epoch * self.opts.epochs
         if self.opts.max_steps is not None:
@@ -178,7 +177,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     if cfg.get("resume") or requeued:
         ckpt, path, problems = checkpoint.load_latest(checkpoint_dir)
         refuse_changed_optimizer(cfg, ckpt.get("config"), path)
-        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path)
+        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path, exp.task)
         # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
         for problem in problems:
             console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
@@ -209,10 +208,9 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
                               f"{exp.opts.batch_size_for(len(exp.splits.x_train))}: "
                               f"{exp.optimizer.param_groups[0]['lr']:.4g}")
 
-    chance = chance_loss(exp.loss, exp.data.splits.y_train, exp.info.num_classes)
-    initial, warning = initial_loss_check(exp.model, exp.loss, exp.prepare(exp.splits.x_train[:1024]),
-                                          exp.splits.y_train[:1024], chance, exp.info.num_classes)
-    if state is None:
+    chance, initial, warning = exp.task.startup_check(exp.model, exp.prepare(exp.splits.x_train[:1024]),
+                                                      exp.splits.y_train[:1024], exp.data.splits.y_train, exp.info)
+    if state is None and initial is not None:
         console.console.print(f"initial loss {initial:.4f} (a constant prediction scores {chance:.4f})")
         if warning:
             console.print_warning(warning)
@@ -231,7 +229,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
             try:
                 state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts,
                             exp.device, logger, checkpoint_dir, extra, exp.prepare, progress, state, generator,
-                            monitor=monitor, stop=stop, epoch_view=epoch_views(exp, logger, state))
+                            monitor=monitor, stop=stop, epoch_view=epoch_views(exp, logger, state), task=exp.task)
                 if not distributed.is_main():
                     return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores
             except RuntimeError as err:
@@ -247,14 +245,14 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         # Test once, after training, on the best checkpoint (course 1 §6).
         best_path = checkpoint_dir / ("best.pt" if (checkpoint_dir / "best.pt").exists() else "last.pt")
         exp.model.load_state_dict(checkpoint.load(best_path)["model"])
-        results = {split: evaluate(exp.model, exp.loss, *exp.splits.split(split), exp.info, exp.opts.eval_batch_size,
-                                   exp.prepare) for split in ("train", "val", "test")}
+        results = {split: exp.task.evaluate(exp.model, *exp.splits.split(split), exp.info, exp.opts.eval_batch_size,
+                                            exp.prepare) for split in ("train", "val", "test")}
         final_metrics = {f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}
         logger.hparams(hparams_of(cfg, overrides), {f"hparam/{k}": v for k, v in final_metrics.items()}, state.step)
         per_class = log_test_figures(exp, logger, state.step) if logger.figures else None
         if logger.figures and exp.info.task == "classification" and last_conv(exp.model) is not None:
             log_cnn_views(exp, logger, state.step)
-        verdict = diagnose([h["train/loss"] for h in state.history], [h["val/loss"] for h in state.history], chance)
+        verdict = exp.task.verdict(state.history, chance)  # a GAN says the verdict does not apply
         logger.text("diagnosis/verdict", verdict.markdown(), state.step)
     finally:
         if monitor is not None:
@@ -276,11 +274,11 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     if state.history:
         from dlrun import figures
 
-        main_metric = {"classification": "accuracy", "seq2seq": "sequence_accuracy"}.get(exp.info.task, "rmse")
-        figures.save(figures.run_curves_figure(state.history, main_metric, f"{exp.info.name}: curves {verdict.case}"),
+        figures.save(figures.run_curves_figure(state.history, exp.task.main_metric,
+                                               f"{exp.info.name}: curves {verdict.case}"),
                      run_dir / "curves.png")
     overfit = None
-    if exp.opts.overfit_batches:
+    if exp.opts.overfit_batches and chance is not None:
         final = state.history[-1]["train/loss"] if state.history else math.inf
         overfit = {"batches": exp.opts.overfit_batches, "final_train_loss": final, "chance_loss": chance,
                    "fits": final < 0.05 * chance}
@@ -328,8 +326,13 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
     """Confusion matrix and per-class accuracy (classification) or predicted-vs-true (regression), on test."""
     from dlrun import figures
 
-    if exp.info.task == "seq2seq":
-        return None  # no single value or class per sample to plot; the Text tab shows decoded examples
+    if exp.info.task in ("seq2seq", "gan"):
+        return None  # no single value or class per sample to plot; decoded examples or samples are shown already
+    if exp.info.task == "reconstruction":
+        view = generative_views.epoch_view(exp.info, exp.model, exp.splits.x_test, exp.prepare, logger, tag="test")
+        if view is not None:
+            view(exp.model, step)
+        return None
     exp.model.eval()
     x, y = exp.splits.x_test, exp.splits.y_test
     outputs = torch.cat([exp.model(exp.prepare(xb)) for xb in x.split(exp.opts.eval_batch_size)]).float()
@@ -351,7 +354,8 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
 
 def epoch_views(exp: Experiment, logger: Any, state: TrainState | None) -> Any:
     """What fit() logs after each validation: the sequence views, and Grad-CAM every N epochs for CNNs."""
-    views = [epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger)]
+    views = [generative_views.epoch_view(exp.info, exp.model, exp.splits.x_val, exp.prepare, logger)
+             if exp.info.task in INPUT_TASKS else epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger)]
     every = getattr(logger, "gradcam_every_n_epochs", 0)
     if every and logger.figures and exp.info.task == "classification" and last_conv(exp.model) is not None:
         epoch = state.epoch if state is not None else 0  # a resumed run keeps counting from its epoch

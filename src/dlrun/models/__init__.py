@@ -1,7 +1,7 @@
 """Models: one module per family, all registered in MODELS (imported here so none is missed)."""
 
 from dlrun.models import (  # noqa: F401  (registers the builders)
-    cnn, linear, mlp, recurrent, resnet, tcn, torchvision_models, transformer,
+    autoencoder, cnn, gan, linear, mlp, recurrent, resnet, tcn, torchvision_models, transformer,
 )
 from dlrun.models.registry import MODELS
 
