@@ -132,6 +132,7 @@ def test_gan_resumed_between_epochs_ends_bitwise_identical(tmp_path):
     (("task=gan", "model=cnn"), "model", "model=dcgan"),
     (("model=dcgan",), "model", "task=gan"),
     (("task=gan", "scheduler=cosine"), "scheduler", "scheduler=none"),
+    (("task=gan", "trainer.early_stopping_patience=3"), "trainer.early_stopping_patience", "judge the samples"),
     (("task=reconstruction", "mode=lr_find"), "mode", "mode=train"),
     (("task=reconstruction", "model=conv_autoencoder", "model.channels=[8,8,8,8]"), "model.channels", "at most 3"),
     (("task=reconstruction", "trainer.monitor=val/accuracy"), "trainer.monitor", "val/psnr"),

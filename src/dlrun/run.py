@@ -137,7 +137,7 @@ class Experiment:
         self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=main_parameters(self.model))
         self.task = build_task(self.info, self.loss, self.model,
                                lambda params: OPTIMIZERS.build(optimizer_cfg, params=params),
-                               cfg["scheduler"].get("name"), cfg["mode"])
+                               cfg["scheduler"].get("name"), cfg["mode"], self.opts.early_stopping_patience)
         monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in self.task.metric_names)]
         if self.opts.monitor not in monitors:
             raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "

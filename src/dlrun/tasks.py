@@ -357,7 +357,8 @@ def main_parameters(model: nn.Module) -> Any:
 
 
 def build_task(info: DataInfo, loss: Loss, model: nn.Module,
-               make_optimizer: Callable[[Any], torch.optim.Optimizer], scheduler: str | None, mode: str) -> Supervised:
+               make_optimizer: Callable[[Any], torch.optim.Optimizer], scheduler: str | None, mode: str,
+               early_stopping_patience: int | None = None) -> Supervised:
     """The task object fit() asks what a step and an evaluation compute."""
     if info.task in INPUT_TASKS and mode == "lr_find":
         raise ConfigError(f"'mode=lr_find' sweeps a supervised loss; task={info.task} is not supported. Train with "
@@ -366,6 +367,10 @@ def build_task(info: DataInfo, loss: Loss, model: nn.Module,
         if scheduler not in (None, "none"):
             raise ConfigError(f"'scheduler={scheduler}' with task=gan: a GAN trains with a constant learning rate "
                               f"for both players here; use scheduler=none.", key="scheduler")
+        if early_stopping_patience is not None:
+            raise ConfigError(f"'trainer.early_stopping_patience={early_stopping_patience}' with task=gan: no loss says "
+                              f"when a GAN stops improving; set trainer.epochs and judge the samples (null = off).",
+                              key="trainer.early_stopping_patience")
         # The generator's optimizer is a second one of the optimizer group's kind and settings (course 3 §5.2).
         return Adversarial(loss, make_optimizer(model.generator.parameters()))
     if info.task == "reconstruction":
