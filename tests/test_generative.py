@@ -107,7 +107,15 @@ def test_gan_run_logs_both_losses_and_sample_grids_that_change(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["best"]["epoch"] == 2  # the last generator
 
 
-def test_gan_resumed_between_epochs_ends_bitwise_identical(tmp_path):
+@pytest.fixture
+def restores_determinism():
+    """trainer.deterministic=true switches torch's deterministic algorithms on for the process: switch them back."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled)
+
+
+def test_gan_resumed_between_epochs_ends_bitwise_identical(tmp_path, restores_determinism):
     common = (*FAST, "task=gan", "trainer.deterministic=true", "logger=none")
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run(OmegaConf.create(compose_config(*common, "trainer.epochs=2")), straight, [])
@@ -137,8 +145,11 @@ def test_gan_resumed_between_epochs_ends_bitwise_identical(tmp_path):
     (("task=reconstruction", "model=conv_autoencoder", "model.channels=[8,8,8,8]"), "model.channels", "at most 3"),
     (("task=reconstruction", "trainer.monitor=val/accuracy"), "trainer.monitor", "val/psnr"),
     (("task=gan", "model=dcgan", "model.upsampling=unpool"), "model.upsampling", "pooling indices"),
+    (("task=reconstruction", "model=conv_autoencoder", "model.upsampling=unpool", "trainer.deterministic=true"),
+     "model.upsampling", "no deterministic implementation"),
 ])
-def test_combinations_that_cannot_work_are_refused_before_training(overrides, key, words, tmp_path):
+def test_combinations_that_cannot_work_are_refused_before_training(overrides, key, words, tmp_path,
+                                                                  restores_determinism):
     with pytest.raises(ConfigError) as err:
         Experiment(compose_config("trainer.device=cpu", *overrides), tmp_path)
     assert err.value.key == key and words in str(err.value), str(err.value)
