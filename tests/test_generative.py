@@ -145,11 +145,8 @@ def test_gan_resumed_between_epochs_ends_bitwise_identical(tmp_path, restores_de
     (("task=reconstruction", "model=conv_autoencoder", "model.channels=[8,8,8,8]"), "model.channels", "at most 3"),
     (("task=reconstruction", "trainer.monitor=val/accuracy"), "trainer.monitor", "val/psnr"),
     (("task=gan", "model=dcgan", "model.upsampling=unpool"), "model.upsampling", "pooling indices"),
-    (("task=reconstruction", "model=conv_autoencoder", "model.upsampling=unpool", "trainer.deterministic=true"),
-     "model.upsampling", "no deterministic implementation"),
 ])
-def test_combinations_that_cannot_work_are_refused_before_training(overrides, key, words, tmp_path,
-                                                                  restores_determinism):
+def test_combinations_that_cannot_work_are_refused_before_training(overrides, key, words, tmp_path):
     with pytest.raises(ConfigError) as err:
         Experiment(compose_config("trainer.device=cpu", *overrides), tmp_path)
     assert err.value.key == key and words in str(err.value), str(err.value)

@@ -156,10 +156,6 @@ def build_conv_autoencoder(info: DataInfo, channels: list[int] = (16, 32), upsam
     refuse_other_tasks(info, "conv_autoencoder")
     in_channels, height, width = image_channels(info, "conv_autoencoder")
     check_upsampling(upsampling)
-    if upsampling == "unpool" and torch.are_deterministic_algorithms_enabled():
-        raise ConfigError("'model.upsampling=unpool' has no deterministic implementation in torch, and "
-                          "trainer.deterministic=true asks for one: use transposed, nearest or bilinear, or "
-                          "trainer.deterministic=false.", key="model.upsampling")
     _check_common([1], latent_dim or 1, noise)
     if not channels or any(c < 1 for c in channels):
         raise ConfigError(f"'model.channels={list(channels)}' must list positive kernel counts, one per stage, "
