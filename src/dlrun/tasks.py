@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dlrun import distributed
 from dlrun.data.base import DataInfo
 from dlrun.diagnostics.curves import Verdict, chance_loss, diagnose
 from dlrun.diagnostics.startup import initial_loss_check
@@ -367,6 +368,9 @@ def build_task(info: DataInfo, loss: Loss, model: nn.Module,
         if scheduler not in (None, "none"):
             raise ConfigError(f"'scheduler={scheduler}' with task=gan: a GAN trains with a constant learning rate "
                               f"for both players here; use scheduler=none.", key="scheduler")
+        if distributed.launched():
+            raise ConfigError("task=gan trains on one process here: its two alternating updates are not wrapped in "
+                              "DistributedDataParallel. Run it without torchrun / trainer.devices.", key="task")
         if early_stopping_patience is not None:
             raise ConfigError(f"'trainer.early_stopping_patience={early_stopping_patience}' with task=gan: no loss says "
                               f"when a GAN stops improving; set trainer.epochs and judge the samples (null = off).",
