@@ -161,7 +161,7 @@ def test_help_lists_groups_options_and_examples(dl_run):
     result = dl_run("--help")
     assert result.code == 0
     for line in ("dataset: ar, breast_cancer, cifar10, csv, csv_timeseries, diabetes, digits",
-                 "model: cnn, gru, lenet5, linear, lstm, mlp", "dl-run -m init=zeros,xavier_uniform,he_normal",
+                 "lenet5, linear, lstm, mlp", "dl-run -m init=zeros,xavier_uniform,he_normal",
                  "tensorboard --logdir outputs"):
         assert line in result.stdout
 

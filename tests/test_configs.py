@@ -14,6 +14,7 @@ from conftest import compose_config
 from dlrun.data import DATASETS
 from dlrun.errors import ConfigError
 from dlrun.run import Experiment
+from dlrun.tasks import INPUT_TASKS
 from image_fixtures import write_cifar10, write_image_folder, write_mnist
 from series_fixtures import write_series_csv
 
@@ -24,10 +25,11 @@ OPTIONS = [(g, f.name[:-5]) for g in GROUPS if g not in ("hydra",) for f in sort
            if f.name.endswith(".yaml")]
 # Companions tried in turn until the option fits: a binary loss needs two classes, mse a regression target,
 # a recurrent model a sequence, a transfer model a backbone (the transfer preset's), a U-Net masks and a
-# detector boxes (the tasks' presets, on a few scenes).
-COMPANIONS = (("dataset=digits",), ("dataset=moons",), ("dataset=diabetes",), ("dataset=sine",),
-              ("experiment=transfer_digits",), ("experiment=segmentation", "dataset.n_samples=40"),
-              ("experiment=detection", "dataset.n_samples=40"))
+# detector boxes (the tasks' presets, on a few scenes); an autoencoder or a GAN a task that uses the inputs alone.
+COMPANION_DATASETS = ("digits", "moons", "diabetes", "sine")
+COMPANIONS = ([[f"dataset={d}"] for d in COMPANION_DATASETS] + [["dataset=digits", f"task={t}"] for t in INPUT_TASKS]
+              + [["experiment=transfer_digits"], ["experiment=segmentation", "dataset.n_samples=40"],
+                 ["experiment=detection", "dataset.n_samples=40"]])
 
 
 def test_every_group_has_options_and_every_yaml_starts_with_a_command():
@@ -89,11 +91,13 @@ def test_every_option_composes_and_builds(group, option, tmp_path):
                 errors.append(str(err))
         else:
             pytest.fail(f"{group}={option} fits none of {COMPANIONS}: {errors}")
-    # One real training step through the built pieces.
+    # One real training step through the built pieces, each of the task's optimizers in turn.
     x, y = exp.prepare(exp.splits.x_train[:8], train=True), exp.splits.y_train[:8]
-    loss = exp.loss(exp.model(x), y)
-    loss.backward()
-    exp.optimizer.step()
+    for update in exp.task.updates(exp.model, exp.optimizer):
+        loss = update.loss(exp.model, x, y)
+        update.optimizer.zero_grad()
+        loss.backward()
+        update.optimizer.step()
     exp.schedule.step("step")
     exp.schedule.step("epoch", 1.0)
     assert torch.isfinite(loss)

@@ -47,7 +47,7 @@ def _regression(name: str, info: DataInfo) -> None:
     if info.task == "detection":
         raise ConfigError(f"'loss={name}' is a regression loss, but dataset '{info.name}' is detection: use "
                           f"loss=yolo (or auto), which scores boxes, objectness and classes.", key="loss")
-    if info.task != "regression":
+    if info.task not in ("regression", "reconstruction"):  # an autoencoder regresses its input
         raise ConfigError(
             f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
             f"{info.num_classes} classes. Use loss=cross_entropy (or nll; bce/bce_with_logits for two classes).",

@@ -17,7 +17,6 @@ import torch
 
 from dlrun import checkpoint, console
 from dlrun.errors import ConfigError
-from dlrun.train import evaluate
 
 if TYPE_CHECKING:
     from dlrun.run import Experiment
@@ -52,8 +51,8 @@ def run_eval(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: lis
     """mode=eval resume=<run dir>: score the trained model on every split (of its dataset, or another one)."""
     path = load_trained(exp, cfg, run_dir)
     with torch.no_grad():
-        results = {split: evaluate(exp.model, exp.loss, *exp.splits.split(split), exp.info,
-                                   exp.opts.eval_batch_size, exp.prepare) for split in ("train", "val", "test")}
+        results = {split: exp.task.evaluate(exp.model, *exp.splits.split(split), exp.info,  # the run's task scores it
+                                            exp.opts.eval_batch_size, exp.prepare) for split in ("train", "val", "test")}
     console.results_table(results, title=f"{run_dir.name} ({path.name}) on dataset {exp.info.name}")
     out = run_dir / f"eval_{exp.info.name}.json"
     metrics = {"status": "completed", "mode": "eval", "dataset": exp.info.name, "checkpoint": str(path),

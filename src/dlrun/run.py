@@ -16,23 +16,21 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import checkpoint, console, distributed
+from dlrun import checkpoint, console, distributed, generative_views
 from dlrun.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits
 from dlrun.data.base import TASKS, Dataset, keep_subset
 from dlrun.data.prepare import Prepare
 from dlrun.dense_views import dense_view, refuse_moving_augmentation
 from dlrun.diagnostics.cnn import last_conv
-from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
-from dlrun.diagnostics.startup import batch_summary, initial_loss_check
+from dlrun.diagnostics.startup import batch_summary
 from dlrun.errors import ConfigError
 from dlrun.init import INITS, apply_init
 from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
-from dlrun.losses import LOSSES, output_layer
-from dlrun.metrics import metric_names
+from dlrun.losses import output_layer
 from dlrun import modes as serve_modes
 from dlrun.models import MODELS
 from dlrun.models.transfer import has_pretrained_weights, optimizer_parameters
@@ -41,7 +39,8 @@ from dlrun.reference import least_squares
 from dlrun.registry import check_arguments
 from dlrun.sequence_views import epoch_view
 from dlrun.summary import summarize
-from dlrun.train import (TrainerOptions, TrainState, autocast_for, evaluate, fit, resolve_device, resolve_threads,
+from dlrun.tasks import INPUT_TASKS, build_loss, build_task, main_parameters, model_config, task_info
+from dlrun.train import (TrainerOptions, TrainState, autocast_for, fit, resolve_device, resolve_threads,
                          restore)
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
@@ -67,8 +66,8 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"'seed={cfg.get('seed')!r}' must be an integer.", key="seed")
     if cfg.get("mode") not in MODES:
         raise ConfigError(f"'mode={cfg.get('mode')}' is not available; valid modes: {', '.join(MODES)}.", key="mode")
-    if cfg.get("task") not in (None, *TASKS):
-        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: {', '.join(TASKS)} "
+    if cfg.get("task") not in (None, *TASKS, *INPUT_TASKS):
+        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: {', '.join(TASKS + INPUT_TASKS)} "
                           f"(or leave it unset to take the dataset's).", key="task")
 
 
@@ -121,22 +120,18 @@ class Experiment:
         seed_everything(cfg["seed"], self.opts.deterministic)
 
         self.data = build_data(cfg["dataset"], cfg["seed"], cfg.get("task"))
-        self.info = self.data.info
-        if cfg.get("task") not in (None, self.info.task):
+        if cfg.get("task") in ("segmentation", "detection") and self.data.info.task != cfg["task"]:
             needs = {"segmentation": " (it has no per-pixel masks)", "detection": " (it has no boxes)"}
-            raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.info.name}', which is "
-                              f"{self.info.task}{needs.get(cfg['task'], '')}. Leave task unset, or pick a "
-                              f"{cfg['task']} dataset{' such as shapes' if cfg['task'] in needs else ''}.", key="task")
-        monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in metric_names(self.info.task))]
-        if self.opts.monitor not in monitors:
-            raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
-                              f"valid: {', '.join(monitors)}.", key="trainer.monitor")
-        self.loss = LOSSES.build(cfg["loss"], info=self.info, train_targets=self.data.splits.y_train)
+            raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.data.info.name}', which is "
+                              f"{self.data.info.task}{needs[cfg['task']]}. Leave task unset, or pick a {cfg['task']} "
+                              f"dataset such as shapes.", key="task")
+        self.info = task_info(cfg.get("task"), self.data.info)  # reconstruction and gan see the inputs only
+        self.loss = build_loss(cfg["loss"], self.info, self.data.splits.y_train)
         # Transfer learning may pretrain its backbone first, on other classes of the same dataset (course 3 §4.2).
         other_classes = lambda classes: build_data({**cfg["dataset"], "classes": classes,  # noqa: E731
                                                     "train_fraction": 1.0}, cfg["seed"], cfg.get("task"))
-        model = MODELS.build(cfg["model"], info=self.info, out_features=self.loss.out_features, seed=cfg["seed"],
-                             load_classes=other_classes, run_dir=run_dir)
+        model = MODELS.build(model_config(cfg["model"], self.info), info=self.info, out_features=self.loss.out_features,
+                             seed=cfg["seed"], load_classes=other_classes, run_dir=run_dir)
         last = output_layer(self.loss.output_activation)
         self.model = torch.nn.Sequential(model, last) if last is not None else model
         init_cfg = dict(cfg["init"])
@@ -163,8 +158,17 @@ class Experiment:
                                  optimizer_cfg.pop("base_batch_size", 32))
         if self.lr_scale != 1.0 and "lr" in optimizer_cfg:
             optimizer_cfg["lr"] = optimizer_cfg["lr"] * self.lr_scale
-        # Frozen layers are left out; a fine-tuned backbone may learn at its own rate (a second parameter group).
-        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=optimizer_parameters(self.model))
+        # Frozen layers are left out; a fine-tuned backbone may learn at its own rate (a second parameter group);
+        # a GAN's optimizer group moves its discriminator, the task builds the generator's.
+        params = main_parameters(self.model) if self.info.task == "gan" else optimizer_parameters(self.model)
+        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=params)
+        self.task = build_task(self.info, self.loss, self.model,
+                               lambda params: OPTIMIZERS.build(optimizer_cfg, params=params),
+                               cfg["scheduler"].get("name"), cfg["mode"], self.opts.early_stopping_patience)
+        monitors = ["val/loss", "train/loss", *(f"val/{m}" for m in self.task.metric_names)]
+        if self.opts.monitor not in monitors:
+            raise ConfigError(f"'trainer.monitor={self.opts.monitor}' is not a metric of this {self.info.task} run; "
+                              f"valid: {', '.join(monitors)}.", key="trainer.monitor")
         steps_per_epoch = -(-len(self.splits.x_train) // self.opts.batch_size_for(len(self.splits.x_train)))
         total = steps_per_epoch * self.opts.epochs
         if self.opts.max_steps is not None:
@@ -215,7 +219,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     if cfg.get("resume") or requeued:
         ckpt, path, problems = checkpoint.load_latest(checkpoint_dir)
         refuse_changed_optimizer(cfg, ckpt.get("config"), path)
-        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path)
+        state = restore(ckpt, exp.model, exp.optimizer, exp.schedule, generator, path, exp.task)
         # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
         for problem in problems:
             console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
@@ -246,10 +250,9 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
                               f"{exp.opts.batch_size_for(len(exp.splits.x_train))}: "
                               f"{exp.optimizer.param_groups[0]['lr']:.4g}")
 
-    chance = chance_loss(exp.loss, exp.data.splits.y_train, exp.info.num_classes)
-    initial, warning = initial_loss_check(exp.model, exp.loss, exp.prepare(exp.splits.x_train[:1024]),
-                                          exp.splits.y_train[:1024], chance, exp.info.num_classes)
-    if state is None:
+    chance, initial, warning = exp.task.startup_check(exp.model, exp.prepare(exp.splits.x_train[:1024]),
+                                                      exp.splits.y_train[:1024], exp.data.splits.y_train, exp.info)
+    if state is None and initial is not None:
         console.console.print(f"initial loss {initial:.4f} (a constant prediction scores {chance:.4f})")
         if warning:
             console.print_warning(warning)
@@ -268,7 +271,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
             try:
                 state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts,
                             exp.device, logger, checkpoint_dir, extra, exp.prepare, progress, state, generator,
-                            monitor=monitor, stop=stop, epoch_view=epoch_views(exp, logger, state))
+                            monitor=monitor, stop=stop, epoch_view=epoch_views(exp, logger, state), task=exp.task)
                 if not distributed.is_main():
                     return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores
             except RuntimeError as err:
@@ -284,14 +287,14 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         # Test once, after training, on the best checkpoint (course 1 §6).
         best_path = checkpoint_dir / ("best.pt" if (checkpoint_dir / "best.pt").exists() else "last.pt")
         exp.model.load_state_dict(checkpoint.load(best_path)["model"])
-        results = {split: evaluate(exp.model, exp.loss, *exp.splits.split(split), exp.info, exp.opts.eval_batch_size,
-                                   exp.prepare) for split in ("train", "val", "test")}
+        results = {split: exp.task.evaluate(exp.model, *exp.splits.split(split), exp.info, exp.opts.eval_batch_size,
+                                            exp.prepare) for split in ("train", "val", "test")}
         final_metrics = {f"{split}/{k}": v for split, values in results.items() for k, v in values.items()}
         logger.hparams(hparams_of(cfg, overrides), {f"hparam/{k}": v for k, v in final_metrics.items()}, state.step)
         per_class = log_test_figures(exp, logger, state.step) if logger.figures else None
         if logger.figures and exp.info.task == "classification" and last_conv(exp.model) is not None:
             log_cnn_views(exp, logger, state.step)
-        verdict = diagnose([h["train/loss"] for h in state.history], [h["val/loss"] for h in state.history], chance)
+        verdict = exp.task.verdict(state.history, chance)  # a GAN says the verdict does not apply
         logger.text("diagnosis/verdict", verdict.markdown(), state.step)
     finally:
         if monitor is not None:
@@ -313,12 +316,11 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
     if state.history:
         from dlrun import figures
 
-        main_metric = {"classification": "accuracy", "seq2seq": "sequence_accuracy", "segmentation": "mean_iou",
-                       "detection": "map50"}.get(exp.info.task, "rmse")
-        figures.save(figures.run_curves_figure(state.history, main_metric, f"{exp.info.name}: curves {verdict.case}"),
+        figures.save(figures.run_curves_figure(state.history, exp.task.main_metric,
+                                               f"{exp.info.name}: curves {verdict.case}"),
                      run_dir / "curves.png")
     overfit = None
-    if exp.opts.overfit_batches:
+    if exp.opts.overfit_batches and chance is not None:
         final = state.history[-1]["train/loss"] if state.history else math.inf
         overfit = {"batches": exp.opts.overfit_batches, "final_train_loss": final, "chance_loss": chance,
                    "fits": final < 0.05 * chance}
@@ -366,8 +368,13 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
     """Confusion matrix and per-class accuracy (classification) or predicted-vs-true (regression), on test."""
     from dlrun import figures
 
-    if exp.info.task in ("seq2seq", "segmentation", "detection"):
-        return None  # no single value or class per sample to plot; the epoch views show examples
+    if exp.info.task in ("seq2seq", "segmentation", "detection", "gan"):
+        return None  # no single value or class per sample to plot; the epoch views show examples or samples
+    if exp.info.task == "reconstruction":
+        view = generative_views.epoch_view(exp.info, exp.model, exp.splits.x_test, exp.prepare, logger, tag="test")
+        if view is not None:
+            view(exp.model, step)
+        return None
     exp.model.eval()
     x, y = exp.splits.x_test, exp.splits.y_test
     outputs = torch.cat([exp.model(exp.prepare(xb)) for xb in x.split(exp.opts.eval_batch_size)]).float()
@@ -389,8 +396,9 @@ def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float
 
 def epoch_views(exp: Experiment, logger: Any, state: TrainState | None) -> Any:
     """What fit() logs after each validation: the sequence views, masks or boxes drawn over images (segmentation,
-    detection), and Grad-CAM every N epochs for CNNs."""
-    views = [epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger),
+    detection), inputs and reconstructions or samples (generative tasks), and Grad-CAM every N epochs for CNNs."""
+    views = [generative_views.epoch_view(exp.info, exp.model, exp.splits.x_val, exp.prepare, logger)
+             if exp.info.task in INPUT_TASKS else epoch_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger),
              dense_view(exp.info, exp.splits.x_val, exp.splits.y_val, logger, exp.prepare)]
     every = getattr(logger, "gradcam_every_n_epochs", 0)
     if every and logger.figures and exp.info.task == "classification" and last_conv(exp.model) is not None:

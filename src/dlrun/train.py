@@ -21,8 +21,9 @@ from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
 from dlrun.interrupt import Interrupted, StopOnSignal
 from dlrun.losses import Loss
-from dlrun.metrics import monitor_mode, task_metrics
+from dlrun.metrics import monitor_mode
 from dlrun.optim import Schedule
+from dlrun.tasks import Supervised
 
 
 PRECISIONS = ("auto", "32", "bf16", "fp16")
@@ -182,14 +183,7 @@ def _as_is(x: torch.Tensor, train: bool = False) -> torch.Tensor:
 def evaluate(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.Tensor, info: DataInfo,
              batch_size: int = 4096, prepare: Prepare | None = None) -> dict[str, float]:
     """Mean loss and the task's metrics over one split, in evaluation mode (dropout off, BN frozen, no augmentation)."""
-    prepare = prepare or _as_is
-    was_training = model.training
-    model.eval()
-    outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
-    metrics = {"loss": loss_fn(outputs.float(), y).item()}
-    metrics.update(task_metrics(model, loss_fn, outputs, x, y, info, batch_size))
-    model.train(was_training)
-    return metrics
+    return Supervised(loss_fn).evaluate(model, x, y, info, batch_size, prepare)
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -217,12 +211,16 @@ def fit(
     monitor: Any = None,
     stop: StopOnSignal | None = None,
     epoch_view: Callable[[nn.Module, int], None] | None = None,
+    task: Supervised | None = None,
 ) -> TrainState:
     """Train for opts.epochs (or opts.max_steps), validating every epoch and checkpointing last and best.
 
     A signal caught by `stop` ends the current step, writes last.pt and raises Interrupted.
     `epoch_view(model, step)`, if given, logs what the task shows after each validation (a figure, text).
+    `task` says what a step and an evaluation compute (dlrun.tasks); by default model(x) -> loss_fn(output, y).
     """
+    task = task or Supervised(loss_fn)
+    updates = task.updates(model, optimizer)
     state = state or TrainState()
     generator = generator or torch.Generator()
     prepare = prepare or _as_is
@@ -268,24 +266,27 @@ def fit(
                 monitor.before_forward(state.step + 1)
             if opts.channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                output = forward(xb)
-                loss = loss_fn(output.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
+            loss = None
+            for update in updates:  # one; a GAN has two, the discriminator's then the generator's (course 3 §5.2)
+                with autocast:
+                    update_loss = update.loss(forward, xb, yb)
+                update.optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(update_loss).backward()
+                    scaler.unscale_(update.optimizer)
+                else:
+                    update_loss.backward()
+                if monitor is not None:
+                    monitor.after_backward(state.step + 1)  # gradient flow, before clipping changes it
+                if opts.gradient_clip is not None:
+                    nn.utils.clip_grad_norm_(update.parameters, opts.gradient_clip)
+                if scaler is not None:
+                    scaler.step(update.optimizer)
+                else:
+                    update.optimizer.step()
+                loss = update_loss if loss is None else loss  # the first update's loss is the run's train/loss
             if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if monitor is not None:
-                monitor.after_backward(state.step + 1)  # gradient flow, before clipping changes it
-            if opts.gradient_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), opts.gradient_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
                 scaler.update()
-            else:
-                optimizer.step()
             schedule.step("step")
             state.step += 1
             state.batch += 1
@@ -294,7 +295,7 @@ def fit(
                 finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
             if log_every and state.step % log_every == 0:
                 # One device sync per log interval, not per step.
-                step_values = {"train/loss_step": loss.item()}
+                step_values = {"train/loss_step": loss.item(), **{k: float(v) for k, v in task.step_scalars().items()}}
                 if schedule.interval == "step" and schedule.scheduler is not None:
                     step_values["lr"] = optimizer.param_groups[0]["lr"]  # changes within the epoch
                 logger.scalars(step_values, state.step)
@@ -311,7 +312,7 @@ def fit(
                 state.running_loss = distributed.mean(running_loss)
                 now = time.perf_counter()
                 state.train_seconds, started = state.train_seconds + now - started, now
-                snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
+                snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state, task)
                 _save_checkpoints(checkpoint_dir, snapshot, best_snapshot, logger, model)
                 best_snapshot = None
                 if stopping:
@@ -324,11 +325,12 @@ def fit(
         state.batch, state.order, state.running_loss = 0, None, None
         state.train_seconds += time.perf_counter() - started
         distributed.sync_buffers(model)  # every rank scores the same weights and statistics, so all decide alike
-        val = evaluate(model, loss_fn, data.x_val, data.y_val, info, opts.eval_batch_size, prepare)
-        epoch_metrics = {"train/loss": train_loss, **{f"val/{k}": v for k, v in val.items()},
+        train_terms = task.epoch_scalars()  # a task's own training terms (a VAE's KL, a GAN's generator loss)
+        val = task.evaluate(model, data.x_val, data.y_val, info, opts.eval_batch_size, prepare)
+        epoch_metrics = {"train/loss": train_loss, **train_terms, **{f"val/{k}": v for k, v in val.items()},
                          "lr": optimizer.param_groups[0]["lr"]}
         state.history.append({"epoch": state.epoch, "step": state.step, **epoch_metrics})
-        logger.scalars({"train/loss_epoch": train_loss, **{f"val/{k}": v for k, v in val.items()},
+        logger.scalars({"train/loss_epoch": train_loss, **train_terms, **{f"val/{k}": v for k, v in val.items()},
                         "epoch": state.epoch, **({} if schedule.interval == "step" and schedule.scheduler else
                                                  {"lr": epoch_metrics["lr"]})}, state.step)
         if epoch_view is not None:
@@ -336,7 +338,8 @@ def fit(
         monitored = epoch_metrics.get(opts.monitor)
         schedule.step("epoch", monitored)
 
-        is_best = monitored is not None and _improved(monitored, state.best_value, mode)
+        # A GAN has no loss that picks its best generator: its latest epoch counts as best.
+        is_best = not task.picks_best or (monitored is not None and _improved(monitored, state.best_value, mode))
         if is_best:
             state.best_value, state.best_epoch, state.bad_epochs = monitored, state.epoch, 0
         else:
@@ -346,7 +349,7 @@ def fit(
         finished = state.epoch >= opts.epochs or _done(state, opts)
         stopping = _stopping(stop)
         saving = finished or stopping or state.epoch % opts.checkpoint_every_n_epochs == 0
-        snapshot = (_checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
+        snapshot = (_checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state, task)
                     if saving or is_best else None)
         if is_best:
             # Kept in memory and written with the next checkpoint: many tiny epochs need not each hit the disk.
@@ -414,7 +417,8 @@ def _save_checkpoints(checkpoint_dir: Path, last: dict[str, Any], best: dict[str
 
 
 def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, scaler: Any,
-                      state: TrainState, generator: torch.Generator, extra: dict[str, Any]) -> dict[str, Any]:
+                      state: TrainState, generator: torch.Generator, extra: dict[str, Any],
+                      task: Supervised) -> dict[str, Any]:
     state.scaler = scaler.state_dict() if scaler is not None else None
     return {
         "model": model.state_dict(),
@@ -422,6 +426,7 @@ def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedu
         "scheduler": schedule.scheduler.state_dict() if schedule.scheduler is not None else None,
         "train_state": {k: _copied(k, v) for k, v in state.__dict__.items()},
         "rng": checkpoint.rng_state(generator),
+        "task": task.state_dict(),  # a GAN's generator optimizer, a task's running sums
         **extra,
     }
 
@@ -449,7 +454,8 @@ def _copy_snapshot(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 def restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-            generator: torch.Generator, source: Path | str = "the checkpoint") -> TrainState:
+            generator: torch.Generator, source: Path | str = "the checkpoint", task: Supervised | None = None
+            ) -> TrainState:
     """Put a run back where its checkpoint left it; return its TrainState."""
     mismatch = _architecture_mismatch(ckpt["model"], model.state_dict())
     if mismatch:
@@ -466,6 +472,8 @@ def restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optim
     optimizer.load_state_dict(ckpt["optimizer"])
     if schedule.scheduler is not None and ckpt.get("scheduler") is not None:
         schedule.scheduler.load_state_dict(ckpt["scheduler"])
+    if task is not None and ckpt.get("task"):
+        task.load_state_dict(ckpt["task"])
     checkpoint.set_rng_state(ckpt["rng"], generator)
     return TrainState(**ckpt["train_state"])
 
