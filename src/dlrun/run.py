@@ -189,7 +189,12 @@ class Experiment:
         except RuntimeError as err:
             raise ConfigError(f"'model={cfg['model'].get('name')}' cannot take dataset '{self.info.name}' inputs of "
                               f"shape {tuple(self.info.input_shape)}: {err}", key="model") from None
-        with torch.no_grad():  # the model's output must fit the loss and the task's targets (masks, boxes, ...)
+        if self.info.task not in INPUT_TASKS:  # generative tasks check their own outputs (tasks.py)
+            self._check_output_fits_targets(cfg, sample)
+
+    def _check_output_fits_targets(self, cfg: dict[str, Any], sample: torch.Tensor) -> None:
+        """The model's output must fit the loss and the task's targets (classes, values, masks, boxes)."""
+        with torch.no_grad():
             was_training = self.model.training
             self.model.eval()
             try:
