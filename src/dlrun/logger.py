@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -48,8 +49,19 @@ class TensorBoardLogger:
         """A note in the Text tab (markdown)."""
         self.writer.add_text(tag, markdown, step)
 
-    def histogram(self, tag: str, values, step: int) -> None:
-        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+    def histogram(self, tag: str, values, step: int, bins: int = 64) -> None:
+        """A tensor's distribution in the Histograms tab (non-finite values: nothing, the loss check stops the run)."""
+        # torch.histogram and TensorBoard's raw form: add_histogram's NumPy binning takes ~10 ms for a layer of
+        # 200k weights, a tenth of an MNIST MLP's epoch at the default of gradients every 100 steps.
+        v = values.detach().flatten().double().cpu()
+        if v.numel() == 0:
+            return
+        low, high = v.min().item(), v.max().item()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return
+        counts, edges = torch.histogram(v, bins=bins, range=(low, high if high > low else low + 1e-12))
+        self.writer.add_histogram_raw(tag, low, high, v.numel(), v.sum().item(), v.square().sum().item(),
+                                      edges[1:].tolist(), counts.tolist(), step)
 
     def figure(self, tag: str, figure, step: int, close: bool = True) -> None:
         """A matplotlib figure in the Images tab; close=False keeps it open for the caller to save."""

@@ -307,12 +307,14 @@ def fit(
         if opts.early_stopping_patience is not None and state.bad_epochs >= opts.early_stopping_patience:
             state.stopped_early = True
         snapshot = _checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state)
-        if is_best:
-            # Kept in memory and written with the next checkpoint: many tiny epochs need not each hit the disk.
-            best_snapshot = copy.deepcopy(snapshot)
         finished = state.epoch >= opts.epochs or _done(state, opts)
         stopping = stop is not None and stop.signum is not None
-        if finished or stopping or state.epoch % opts.checkpoint_every_n_epochs == 0:
+        saving = finished or stopping or state.epoch % opts.checkpoint_every_n_epochs == 0
+        if is_best:
+            # Written now from last.pt's own bytes; or kept in memory (a copy: the weights move on) and written with
+            # the next checkpoint: many tiny epochs need not each hit the disk.
+            best_snapshot = snapshot if saving else copy.deepcopy(snapshot)
+        if saving:
             _save_checkpoints(checkpoint_dir, snapshot, best_snapshot, logger, model)
             best_snapshot = None
         if progress is not None:
@@ -357,9 +359,10 @@ def _save_checkpoints(checkpoint_dir: Path, last: dict[str, Any], best: dict[str
     flush = getattr(logger, "flush", None)
     if flush is not None:
         flush()  # events up to this step reach the disk: a resumed run purges only later ones
+    data = checkpoint.serialize(last, checkpoint_dir / checkpoint.LAST) if best is last else last  # the same state: serialised once, written twice
     if best is not None:
-        checkpoint.save(checkpoint_dir / checkpoint.BEST, best)
-    checkpoint.save(checkpoint_dir / checkpoint.LAST, last, keep_previous=True)
+        checkpoint.save(checkpoint_dir / checkpoint.BEST, data if best is last else best)
+    checkpoint.save(checkpoint_dir / checkpoint.LAST, data, keep_previous=True)
 
 
 def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, scaler: Any,
