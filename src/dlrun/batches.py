@@ -19,7 +19,8 @@ class InMemoryBatches:
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
 
-    def epoch(self, order: torch.Tensor, batch_size: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, order: torch.Tensor, batch_size: int,
+              start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `order`, from batch `start` on."""
         order = order.to(self.x.device, non_blocking=True)
         for idx in order.split(batch_size)[start:]:
@@ -48,7 +49,8 @@ class StreamedBatches:
         self.sampler = _Batches()
         self.loader = x.loader(self.sampler, persistent=True)
 
-    def epoch(self, order: torch.Tensor, batch_size: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, order: torch.Tensor, batch_size: int,
+              start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `order`, from batch `start` on, decoded ahead by the workers."""
         chunks = order.split(batch_size)[start:]
         self.sampler.batches = [idx.tolist() for idx in chunks]

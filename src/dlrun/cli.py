@@ -42,6 +42,9 @@ def _train(cfg: DictConfig) -> float | None:
     name = " ".join(o for o in overrides if _override_key(o) not in QUIET_KEYS) or "(defaults)"
     if hydra_cfg.mode is RunMode.MULTIRUN:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
+        from dlrun.data import reuse
+
+        reuse.between_jobs = True  # the next job with the same dataset settings takes this one's
     try:
         metrics = run(cfg, run_dir, overrides)
     except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written

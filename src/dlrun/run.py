@@ -17,9 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun import checkpoint, console
 from dlrun.augment import AUGMENTATIONS
-from dlrun.data import DATASETS, Splits
+from dlrun.data import Splits
 from dlrun.data.base import TASKS
 from dlrun.data.prepare import Prepare
+from dlrun.data.reuse import build_dataset
 from dlrun.diagnostics.cnn import last_conv
 from dlrun.diagnostics.curves import chance_loss, diagnose
 from dlrun.diagnostics.gradients import GradientMonitor
@@ -103,7 +104,7 @@ class Experiment:
         keep_freed_memory()
         seed_everything(cfg["seed"], self.opts.deterministic)
 
-        self.data = DATASETS.build(cfg["dataset"], seed=cfg["seed"])
+        self.data = build_dataset(cfg["dataset"], seed=cfg["seed"])  # the previous sweep job's, if the same
         self.info = self.data.info
         if cfg.get("task") not in (None, self.info.task):
             raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.info.name}', which is "

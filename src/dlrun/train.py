@@ -359,7 +359,8 @@ def _save_checkpoints(checkpoint_dir: Path, last: dict[str, Any], best: dict[str
     flush = getattr(logger, "flush", None)
     if flush is not None:
         flush()  # events up to this step reach the disk: a resumed run purges only later ones
-    data = checkpoint.serialize(last, checkpoint_dir / checkpoint.LAST) if best is last else last  # the same state: serialised once, written twice
+    # A best checkpoint of this very epoch is the same state: serialised once, written twice.
+    data = checkpoint.serialize(last, checkpoint_dir / checkpoint.LAST) if best is last else last
     if best is not None:
         checkpoint.save(checkpoint_dir / checkpoint.BEST, data if best is last else best)
     checkpoint.save(checkpoint_dir / checkpoint.LAST, data, keep_previous=True)
