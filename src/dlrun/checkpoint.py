@@ -53,8 +53,23 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """Write a checkpoint atomically: a temporary file in the same folder, fsynced, then a rename.
+def serialize(state: dict[str, Any], path: Path | None = None) -> bytes:
+    """A checkpoint's bytes, for writing the same state to more than one file (`path`: the one it is for)."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+    except OSError as err:
+        raise _cannot_write(path or Path("checkpoint"), err) from None
+    return buffer.getvalue()
+
+
+def _cannot_write(path: Path, err: OSError) -> ConfigError:
+    return ConfigError(f"Cannot write checkpoint {path}: {err.strerror or err}. The previous checkpoint "
+                       f"{path.name} is untouched; free some space (or fix the folder) and resume.", key="checkpoint")
+
+
+def save(path: Path, state: dict[str, Any] | bytes, keep_previous: bool = False) -> None:
+    """Write a checkpoint (a state, or serialize()'s bytes) atomically: a temporary file, fsynced, then a rename.
 
     keep_previous first renames the file being replaced to previous.pt, so a checkpoint that later proves
     unreadable still has a good one behind it.
@@ -65,13 +80,13 @@ def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None
         with open(tmp, "wb") as handle:
             pause = float(os.environ.get(PAUSE_ENV, 0) or 0)
             if pause:
-                buffer = io.BytesIO()
-                torch.save(state, buffer)
-                data = buffer.getvalue()
+                data = state if isinstance(state, bytes) else serialize(state)
                 handle.write(data[: len(data) // 2])
                 handle.flush()
                 time.sleep(pause)
                 handle.write(data[len(data) // 2:])
+            elif isinstance(state, bytes):
+                handle.write(state)
             else:
                 torch.save(state, handle)
             handle.flush()
@@ -79,9 +94,7 @@ def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):  # a full disk, a read-only folder: the old checkpoint is still there
-            raise ConfigError(f"Cannot write checkpoint {path}: {err.strerror or err}. The previous checkpoint "
-                              f"{path.name} is untouched; free some space (or fix the folder) and resume.",
-                              key="checkpoint") from None
+            raise _cannot_write(path, err) from None
         raise
     if keep_previous and path.exists():
         os.replace(path, path.with_name(PREVIOUS))

@@ -67,6 +67,10 @@ def _train(cfg: DictConfig) -> float | None:
     name = " ".join(o for o in overrides if _override_key(o) not in QUIET_KEYS) or "(defaults)"
     if hydra_cfg.mode is RunMode.MULTIRUN:
         _sweep_dirs.add(hydra_cfg.sweep.dir)
+    if hydra_cfg.mode is RunMode.MULTIRUN:
+        from dlrun.data import reuse
+
+        reuse.between_jobs = True  # the next job with the same dataset settings takes this one's
     if hydra_cfg.mode is RunMode.MULTIRUN and os.environ.get("DLRUN_PID") != str(os.getpid()):
         # Jobs side by side (joblib): on a machine with several GPUs each takes its own.
         cfg.trainer.device = distributed.job_device(cfg.trainer.device, hydra_cfg.job.num)

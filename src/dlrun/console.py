@@ -91,6 +91,7 @@ class EpochProgress:
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("loss {task.fields[loss]}"), console=console, transient=True,
+                refresh_per_second=4,  # redrawing costs CPU the training could use; 4 a second reads as smooth
             )
             self._progress.__enter__()
         return self
@@ -102,9 +103,10 @@ class EpochProgress:
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
         if self._progress is None:
             return
-        if self._task is not None:
-            self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(f"epoch {epoch}/{epochs}", total=batches, loss="…")
+        if self._task is None:
+            self._task = self._progress.add_task(f"epoch {epoch}/{epochs}", total=batches, loss="…")
+        else:  # one bar, reset each epoch: drawn by the next refresh, not redrawn at once as a new task would be
+            self._progress.reset(self._task, total=batches, description=f"epoch {epoch}/{epochs}", loss="…")
 
     def advance(self, loss: torch.Tensor, step: int) -> None:
         if self._progress is None:

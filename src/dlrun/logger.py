@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summary
-
 from dlrun.registry import Registry
 
 LOGGERS = Registry("logger")
@@ -26,6 +24,8 @@ class TensorBoardLogger:
         self.gradients_every_n_steps = gradients_every_n_steps
         self.histograms = histograms
         self.figures = figures
+        from torch.utils.tensorboard import SummaryWriter  # imported when a run logs: logger=none runs skip it
+
         self.writer = SummaryWriter(str(self.log_dir), purge_step=purge_step)
         self._pending: list[tuple[dict[str, float], int, float]] = []
         self._written = time.monotonic()
@@ -48,8 +48,19 @@ class TensorBoardLogger:
         """A note in the Text tab (markdown)."""
         self.writer.add_text(tag, markdown, step)
 
-    def histogram(self, tag: str, values, step: int) -> None:
-        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+    def histogram(self, tag: str, values, step: int, bins: int = 64) -> None:
+        """A tensor's distribution in the Histograms tab (non-finite values: nothing, the loss check stops the run)."""
+        # torch.histogram and TensorBoard's raw form: add_histogram's NumPy binning takes ~10 ms for a layer of
+        # 200k weights, a tenth of an MNIST MLP's epoch at the default of gradients every 100 steps.
+        v = values.detach().flatten().float().cpu()
+        if v.numel() == 0:
+            return
+        low, high = v.min().item(), v.max().item()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return
+        counts, edges = torch.histogram(v, bins=bins, range=(low, high if high > low else low + 1e-12))
+        self.writer.add_histogram_raw(tag, low, high, v.numel(), v.sum(dtype=torch.float64).item(),
+                                      torch.dot(v, v).item(), edges[1:].tolist(), counts.tolist(), step)
 
     def figure(self, tag: str, figure, step: int, close: bool = True) -> None:
         """A matplotlib figure in the Images tab; close=False keeps it open for the caller to save."""
@@ -61,6 +72,8 @@ class TensorBoardLogger:
 
     def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None:
         """The HParams tab: this run's settings beside its final metrics (same run, no sub-folder)."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
         experiment, session_start, session_end = hparams_summary(clean, metrics)
         file_writer = self.writer._get_file_writer()

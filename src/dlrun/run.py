@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlrun import checkpoint, console, distributed, generative_views
 from dlrun.augment import AUGMENTATIONS
-from dlrun.data import DATASETS, Splits
+from dlrun.data import DATASETS, Splits, reuse
 from dlrun.data.base import TASKS, Dataset, keep_subset
 from dlrun.data.prepare import Prepare
 from dlrun.dense_views import dense_view, refuse_moving_augmentation
@@ -98,7 +98,9 @@ def build_data(dataset_cfg: dict[str, Any], seed: int, task: str | None = None) 
     cfg = dict(dataset_cfg)
     classes, fraction = cfg.pop("classes", None), cfg.pop("train_fraction", 1.0)
     # A dataset that can serve several tasks (shapes: classes, masks or boxes) declares a `task` argument.
-    return keep_subset(DATASETS.build(cfg, seed=seed, task=task), classes, fraction, seed)
+    # In a sweep the previous job's dataset is reused when its settings, seed and task are the same.
+    dataset = reuse.build_dataset([cfg, seed, task], lambda: DATASETS.build(cfg, seed=seed, task=task))
+    return keep_subset(dataset, classes, fraction, seed)
 
 
 class Experiment:

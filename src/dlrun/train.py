@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dlrun import checkpoint, distributed
+from dlrun.batches import batch_source
 from dlrun.data.base import DataInfo, Splits
 from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
@@ -225,8 +226,8 @@ def fit(
     generator = generator or torch.Generator()
     prepare = prepare or _as_is
     show_batch = getattr(prepare, "augment", None) is not None and state.step == 0
-    x_train, y_train = data.x_train, data.y_train
-    n_train = len(x_train)
+    source = batch_source(data.x_train, data.y_train)  # in memory, or streamed from disk by workers
+    n_train = len(data.x_train)
     batch_size = opts.batch_size_for(n_train)
     mode = monitor_mode(opts.monitor)
     autocast, scaler = autocast_for(device, opts.precision)
@@ -250,15 +251,14 @@ def fit(
             # Shuffle indices, not samples: the data stays where it is, batches are gathered by index.
             state.order = torch.randperm(n_train, generator=generator)
             state.batch, state.running_loss = 0, torch.zeros(())
-        order = state.order.to(x_train.device, non_blocking=True)
         running_loss = state.running_loss.to(device)
-        batches = distributed.usable_batches(order.split(batch_size))
+        # Every rank cuts the same global batches from the shared order and trains its own slice of each.
+        batches = distributed.usable_batches(state.order.to(source.index_device).split(batch_size))
+        n_batches = len(batches)
         if progress is not None:
-            progress.start_epoch(state.epoch + 1, opts.epochs, len(batches))
-        for idx in batches[state.batch:]:
-            idx = distributed.shard(idx)  # this rank's slice of the global batch
-            # index_select gathers rows far faster than x[idx] (on CPU ~20x for uint8 images).
-            xb, yb = prepare(x_train.index_select(0, idx), train=True), y_train.index_select(0, idx)
+            progress.start_epoch(state.epoch + 1, opts.epochs, n_batches)
+        for xb, yb in source.batches([distributed.shard(idx) for idx in batches[state.batch:]]):
+            xb = prepare(xb, train=True)
             if show_batch:  # course 3 §4.1: the first augmented batch, as the network sees it
                 logger.images("train/augmented_batch", prepare.unstandardise(xb[:64]), state.step)
                 show_batch = False
@@ -306,7 +306,7 @@ def fit(
             stopping = _stopping(stop)
             every = opts.checkpoint_every_n_steps
             # Mid-epoch checkpoints only: at the epoch's last batch the epoch-end checkpoint follows at once.
-            if state.batch < len(batches) and (stopping or (every and state.step % every == 0)):
+            if state.batch < n_batches and (stopping or (every and state.step % every == 0)):
                 finite_at = _check_finite(running_loss, state, finite_at, optimizer, checkpoint_dir)
                 # The mean over ranks: every rank resumes from it, and the epoch's mean comes out the same.
                 state.running_loss = distributed.mean(running_loss)
@@ -352,8 +352,9 @@ def fit(
         snapshot = (_checkpoint_state(model, optimizer, schedule, scaler, state, generator, extra_state, task)
                     if saving or is_best else None)
         if is_best:
-            # Kept in memory and written with the next checkpoint: many tiny epochs need not each hit the disk.
-            best_snapshot = _copy_snapshot(snapshot)
+            # Written now from last.pt's own bytes; or kept in memory (a copy: the weights move on) and written with
+            # the next checkpoint: many tiny epochs need not each hit the disk.
+            best_snapshot = snapshot if saving else _copy_snapshot(snapshot)
         if saving:
             _save_checkpoints(checkpoint_dir, snapshot, best_snapshot, logger, model)
             best_snapshot = None
@@ -411,9 +412,11 @@ def _save_checkpoints(checkpoint_dir: Path, last: dict[str, Any], best: dict[str
         flush()  # events up to this step reach the disk: a resumed run purges only later ones
     if not distributed.is_main():
         return  # rank 0 writes; the others hold the same weights
+    # A best checkpoint of this very epoch is the same state: serialised once, written twice.
+    data = checkpoint.serialize(last, checkpoint_dir / checkpoint.LAST) if best is last else last
     if best is not None:
-        checkpoint.save(checkpoint_dir / checkpoint.BEST, best)
-    checkpoint.save(checkpoint_dir / checkpoint.LAST, last, keep_previous=True)
+        checkpoint.save(checkpoint_dir / checkpoint.BEST, data if best is last else best)
+    checkpoint.save(checkpoint_dir / checkpoint.LAST, data, keep_previous=True)
 
 
 def _checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, scaler: Any,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -16,20 +17,44 @@ import torch
 from dlrun.data.base import DataInfo, Dataset, Splits, check_fractions
 from dlrun.data.registry import DATASETS
 from dlrun.data.shapes import SHAPES, draw_scenes, draw_shapes
+from dlrun.data.stream import ImagesOnly, StreamedImages
 from dlrun.errors import ConfigError
 
 
-def pixel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images scaled to 0..1, exactly, from a 256-bin histogram."""
+def pixel_stats(x: torch.Tensor | Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images scaled to 0..1, exactly, from a 256-bin histogram.
+
+    `x` is one tensor (N, C, H, W), or batches of them (a split streamed from disk).
+    """
+    counts = None
+    for batch in ([x] if isinstance(x, torch.Tensor) else x):
+        batch_counts = torch.stack([torch.bincount(batch[:, c].reshape(-1), minlength=256)
+                                    for c in range(batch.shape[1])]).to(torch.float64).cpu()
+        counts = batch_counts if counts is None else counts + batch_counts
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
-    for c in range(x.shape[1]):
-        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
-        p = counts / counts.sum()
+    for channel in counts:
+        p = channel / channel.sum()
         mean = float((p * levels).sum())
         means.append(mean)
         stds.append(max(math.sqrt(max(float((p * levels**2).sum()) - mean**2, 0.0)), 1e-3))
     return tuple(means), tuple(stds)
+
+
+def split_order(n: int, *, name: str, seed: int, val_fraction: float, test_fraction: float | None,
+                held_out_test: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded train/val(/test) indices of n images; with a held-out test set only validation is carved out."""
+    if not held_out_test:
+        check_fractions(val_fraction, test_fraction)
+    elif not 0.0 < val_fraction < 0.9:
+        raise ConfigError(f"'dataset.val_fraction={val_fraction}' must be between 0 and 0.9, e.g. 0.1.",
+                          key="dataset.val_fraction")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    n_val = max(1, int(round(n * val_fraction)))
+    n_test = 0 if held_out_test else max(1, int(round(n * test_fraction)))
+    if n - n_val - n_test < 1:
+        raise ConfigError(f"Dataset '{name}' has {n} images: too few to split into train/val/test.", key="dataset")
+    return order[:n - n_val - n_test], order[n - n_val - n_test:n - n_test], order[n - n_test:]
 
 
 def split_images(x: torch.Tensor, y: torch.Tensor, *, name: str, class_names: list[str], seed: int,
@@ -39,19 +64,9 @@ def split_images(x: torch.Tensor, y: torch.Tensor, *, name: str, class_names: li
 
     With `test` given (a dataset's official test set, or a held-out folder), only validation is carved out.
     """
-    if test is None:
-        check_fractions(val_fraction, test_fraction)
-    elif not 0.0 < val_fraction < 0.9:
-        raise ConfigError(f"'dataset.val_fraction={val_fraction}' must be between 0 and 0.9, e.g. 0.1.",
-                          key="dataset.val_fraction")
-    n = len(x)
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    n_val = max(1, int(round(n * val_fraction)))
-    n_test = 0 if test is not None else max(1, int(round(n * test_fraction)))
-    if n - n_val - n_test < 1:
-        raise ConfigError(f"Dataset '{name}' has {n} images: too few to split into train/val/test.", key="dataset")
-    idx_train, idx_val = order[:n - n_val - n_test], order[n - n_val - n_test:n - n_test]
-    x_test, y_test = test if test is not None else (x[order[n - n_test:]], y[order[n - n_test:]])
+    idx_train, idx_val, idx_test = split_order(len(x), name=name, seed=seed, val_fraction=val_fraction,
+                                               test_fraction=test_fraction, held_out_test=test is not None)
+    x_test, y_test = test if test is not None else (x[idx_test], y[idx_test])
     x_train = x[idx_train]
     mean, std = pixel_stats(x_train)
     splits = Splits(x_train, y[idx_train], x[idx_val], y[idx_val], x_test, y_test)
@@ -184,9 +199,8 @@ def _image_size(image_size: int | list[int]) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def _read_folder(path: str, key: str, size: tuple[int, int], channels: int, workers: int,
-                 max_memory_gb: float) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Every image of a class-per-sub-folder tree, resized, as one uint8 tensor; decoded by DataLoader workers."""
+def _open_folder(path: str, key: str, size: tuple[int, int], channels: int):
+    """torchvision's ImageFolder over a class-per-sub-folder tree, decoding each image to uint8 (C, H, W)."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
@@ -196,31 +210,33 @@ def _read_folder(path: str, key: str, size: tuple[int, int], channels: int, work
                           f"sub-folder of images per class.", key=key)
     steps = [v2.Resize(size), *([v2.Grayscale(1)] if channels == 1 else []), v2.PILToTensor()]
     try:
-        images = ImageFolder(str(folder), transform=v2.Compose(steps))
+        return ImageFolder(str(folder), transform=v2.Compose(steps))
     except (FileNotFoundError, OSError) as err:
         raise ConfigError(f"'{key}={path}' holds no class sub-folders with images ({err}). Lay it out as "
                           f"{path}/<class name>/<image>.png, one sub-folder per class.", key=key) from None
-    needed = len(images) * channels * size[0] * size[1] / 1e9
-    if needed > max_memory_gb:
-        raise ConfigError(f"'{key}={path}': {len(images)} images of {channels}x{size[0]}x{size[1]} need "
-                          f"{needed:.1f} GB in memory, more than dataset.max_memory_gb={max_memory_gb}. Use a smaller "
-                          f"dataset.image_size, or raise dataset.max_memory_gb if the machine has the memory.",
-                          key="dataset.image_size")
-    loader = torch.utils.data.DataLoader(images, batch_size=256, num_workers=workers)
+
+
+def _decode(images, indices, key: str, path: str, workers: int) -> torch.Tensor:
+    """The images at `indices`, decoded by DataLoader workers into one uint8 tensor."""
+    loader = torch.utils.data.DataLoader(ImagesOnly(images, indices), batch_size=256, num_workers=workers,
+                                         generator=torch.Generator())  # leaves torch's global generator alone
     try:
         batches = list(loader)
     except OSError as err:  # an unreadable or truncated image file
         raise ConfigError(f"'{key}={path}': cannot read an image: {err}", key=key) from None
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches]).long()
-    return x, y, list(images.classes)
+    return torch.cat(batches) if batches else torch.empty((0,), dtype=torch.uint8)
 
 
 @DATASETS.register("image_folder")
 def build_image_folder(path: str | None = None, test_path: str | None = None, image_size: int | list[int] = 64,
                        channels: int = 3, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                       workers: int = 2, max_memory_gb: float = 4.0) -> Dataset:
-    """The user's images: one sub-folder per class, any size, resized to image_size; split, or a held-out folder."""
+                       workers: int = 2, max_memory_gb: float = 4.0, in_memory: bool | str = "auto",
+                       pin_memory: bool = True, persistent_workers: bool = True) -> Dataset:
+    """The user's images: one sub-folder per class, any size, resized to image_size; split, or a held-out folder.
+
+    Held in memory as uint8 when they fit in max_memory_gb (or in_memory=true); otherwise (or in_memory=false)
+    the training split is read from disk every epoch by `workers` DataLoader processes.
+    """
     if path is None:
         raise ConfigError("'dataset=image_folder' needs 'dataset.path=<folder>' holding one sub-folder of images per "
                           "class.", key="dataset.path")
@@ -228,17 +244,53 @@ def build_image_folder(path: str | None = None, test_path: str | None = None, im
         raise ConfigError(f"'dataset.channels={channels}' must be 1 (grey) or 3 (colour).", key="dataset.channels")
     if workers < 0:
         raise ConfigError(f"'dataset.workers={workers}' must be 0 or more.", key="dataset.workers")
+    if in_memory not in (True, False, "auto"):
+        raise ConfigError(f"'dataset.in_memory={in_memory}' must be true, false or auto (in memory when the images "
+                          f"fit in dataset.max_memory_gb).", key="dataset.in_memory")
     size = _image_size(image_size)
-    x, y, classes = _read_folder(path, "dataset.path", size, channels, workers, max_memory_gb)
-    test = None
-    if test_path is not None:
-        x_test, y_test, test_classes = _read_folder(test_path, "dataset.test_path", size, channels, workers,
-                                                    max_memory_gb)
-        if test_classes != classes:
-            raise ConfigError(f"'dataset.test_path={test_path}' has classes {test_classes}, but dataset.path has "
-                              f"{classes}: both folders need the same class sub-folders.", key="dataset.test_path")
-        test = (x_test, y_test)
+    images = _open_folder(path, "dataset.path", size, channels)
+    held_out = _open_folder(test_path, "dataset.test_path", size, channels) if test_path is not None else None
+    if held_out is not None and held_out.classes != images.classes:
+        raise ConfigError(f"'dataset.test_path={test_path}' has classes {held_out.classes}, but dataset.path has "
+                          f"{images.classes}: both folders need the same class sub-folders.", key="dataset.test_path")
     name = Path(path).expanduser().resolve().name
-    return split_images(x, y, name=name, class_names=classes, seed=seed, val_fraction=val_fraction,
-                        test_fraction=test_fraction, test=test)
+    labels = torch.as_tensor(images.targets, dtype=torch.long)
+    idx_train, idx_val, idx_test = split_order(len(images), name=name, seed=seed, val_fraction=val_fraction,
+                                               test_fraction=test_fraction, held_out_test=held_out is not None)
+    gb_per_image = channels * size[0] * size[1] / 1e9
+    streamed = in_memory is False or (in_memory == "auto" and
+                                      (len(images) + len(held_out or ())) * gb_per_image > max_memory_gb)
+    # Streaming keeps validation and test in memory (a fraction of the images); in memory, everything.
+    held = (len(idx_val) + len(idx_test) if streamed else len(images)) + len(held_out or ())
+    if held * gb_per_image > max_memory_gb:
+        advice = ("" if streamed else ", or set dataset.in_memory=false (or auto) to read the training images from "
+                  "disk each epoch")
+        raise ConfigError(f"'dataset.path={path}': {held} images of {channels}x{size[0]}x{size[1]} need "
+                          f"{held * gb_per_image:.1f} GB in memory, more than dataset.max_memory_gb={max_memory_gb}. "
+                          f"Use a smaller dataset.image_size, or raise dataset.max_memory_gb if the machine has the "
+                          f"memory{advice}.", key="dataset.image_size")
+    if not streamed:
+        x = _decode(images, range(len(images)), "dataset.path", path, workers)
+        test = None
+        if held_out is not None:
+            test = (_decode(held_out, range(len(held_out)), "dataset.test_path", test_path, workers),
+                    torch.as_tensor(held_out.targets, dtype=torch.long))
+        return split_images(x, labels, name=name, class_names=list(images.classes), seed=seed,
+                            val_fraction=val_fraction, test_fraction=test_fraction, test=test)
 
+    x_train = StreamedImages(ImagesOnly(images, idx_train.tolist()), (channels, *size), workers, pin_memory,
+                             persistent_workers)
+    if held_out is not None:
+        x_test = _decode(held_out, range(len(held_out)), "dataset.test_path", test_path, workers)
+        y_test = torch.as_tensor(held_out.targets, dtype=torch.long)
+    else:
+        x_test, y_test = _decode(images, idx_test.tolist(), "dataset.path", path, workers), labels[idx_test]
+    try:
+        mean, std = pixel_stats(x_train.split(1024))  # one pass over the training images, as in memory
+    except OSError as err:
+        raise ConfigError(f"'dataset.path={path}': cannot read an image: {err}", key="dataset.path") from None
+    splits = Splits(x_train, labels[idx_train], _decode(images, idx_val.tolist(), "dataset.path", path, workers),
+                    labels[idx_val], x_test, y_test)
+    info = DataInfo(input_shape=(channels, *size), task="classification", num_classes=len(images.classes),
+                    class_names=list(images.classes), pixel_mean=mean, pixel_std=std, name=name)
+    return Dataset(splits, info)

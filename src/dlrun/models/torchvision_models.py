@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from dlrun.data.base import DataInfo
@@ -14,6 +13,8 @@ from dlrun.registry import closest
 
 def classification_architectures() -> list[str]:
     """torchvision's classification models (detection, segmentation and video live in sub-modules)."""
+    import torchvision  # here, not at the top: importing it takes seconds that runs of other models need not pay
+
     return torchvision.models.list_models(module=torchvision.models)
 
 
@@ -43,6 +44,8 @@ def build_torchvision(info: DataInfo, out_features: int, arch: str = "resnet18")
         kwargs.update(aux_logits=False, init_weights=True)  # one output, as the loss expects
     if arch.startswith("vit_"):
         kwargs["image_size"] = height  # a vision transformer is built for one image size
+    import torchvision
+
     try:
         model = torchvision.models.get_model(arch, **kwargs)
     except (ValueError, AssertionError, TypeError) as err:
