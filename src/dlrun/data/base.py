@@ -189,6 +189,8 @@ def keep_subset(data: Dataset, classes: list[int] | None, train_fraction: float,
             not 0.0 < train_fraction <= 1.0:
         raise ConfigError(f"'dataset.train_fraction={train_fraction}' must be in (0, 1], e.g. 0.05 keeps 5% of the "
                           f"training samples.", key="dataset.train_fraction")
+    if classes is None and train_fraction == 1.0:
+        return data  # all of it: the very dataset (a sweep's next job may reuse it)
     if classes is not None:
         if info.task != "classification":
             raise ConfigError(f"'dataset.classes={classes}' keeps some classes of a classification dataset, but "
