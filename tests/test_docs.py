@@ -123,6 +123,8 @@ def check_command(args: list[str], workdir: Path, trained: list[str] | None) -> 
         assert trained is not None, "resume=<run dir> comes before any training command on the page"
         given = {key_of(a) for a in args if "=" in a}
         args = [a for a in trained if key_of(a) not in given] + [a for a in args if not a.startswith("resume=")]
+    # The command line as dl-run rewrites it (task=segmentation alone brings in its preset).
+    args = cli.task_arguments(args)
     # Hydra's composition refuses unknown options and keys as dl-run's preflight does (tested in test_cli).
     parsed = get_args_parser().parse_args(args)
     cfg = compose_job(first_of_sweeps(parsed.overrides), parsed.config_dir)
