@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 SERVER = r"""
-import json, os, signal, sys, traceback
+import atexit, json, os, signal, sys, traceback
 import dlrun.cli, dlrun.run  # the expensive imports, once
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the server never waits: children report through files
 for line in sys.stdin:
@@ -28,36 +28,36 @@ for line in sys.stdin:
     if pid:
         print(pid, flush=True)
         continue
-    code = 1
+    def report(code=None):
+        # Runs at the child's exit, after threads (a joblib launcher's workers) were shut down as in any process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with open(request["status"] + ".tmp", "w") as f:
+            f.write(str(report.code))
+        os.replace(request["status"] + ".tmp", request["status"])
+    report.code = 1
+    atexit.register(report)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the child's own subprocesses must be waitable
+    os.setsid()  # its own process group: a timeout kills it with everything it started
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    sys.argv = ["dl-run", *request["args"]]
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the child's own subprocesses must be waitable
-        os.setsid()  # its own process group: a timeout kills it with everything it started
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        sys.argv = ["dl-run", *request["args"]]
-        try:
-            result = dlrun.cli.main()
-            code = result if isinstance(result, int) else 0
-        except SystemExit as stop:
-            if isinstance(stop.code, str):
-                print(stop.code, file=sys.stderr)
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            with open(request["status"] + ".tmp", "w") as f:
-                f.write(str(code))
-            os.replace(request["status"] + ".tmp", request["status"])
-        finally:
-            os._exit(code)
+        result = dlrun.cli.main()
+        report.code = result if isinstance(result, int) else 0
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        report.code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        report.code = 1
+    # A normal interpreter exit, as the dl-run script has: thread and atexit hooks run, then report() writes.
+    sys.exit(report.code)
 """
 
 
