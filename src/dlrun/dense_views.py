@@ -12,6 +12,7 @@ from dlrun.data.base import DataInfo
 from dlrun.data.prepare import Prepare
 from dlrun.detection import draw_detections
 from dlrun.errors import ConfigError
+from dlrun.evaluating import evaluating
 from dlrun.segmentation import draw_masks
 
 EXAMPLES = 8  # validation images drawn each epoch
@@ -39,12 +40,8 @@ def dense_view(info: DataInfo, x: torch.Tensor, y: torch.Tensor, logger: Any,
 
     @torch.no_grad()
     def view(model: nn.Module, step: int) -> None:
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             output = model(prepare(xs)).float()
-        finally:
-            model.train(was_training)
         if info.task == "segmentation":
             logger.images("val/masks_true_vs_predicted",
                           draw_masks(xs, output.argmax(1), ys, info.num_classes), step)

@@ -26,6 +26,7 @@ from dlrun.diagnostics.cnn import last_conv
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary
 from dlrun.errors import ConfigError
+from dlrun.evaluating import evaluating
 from dlrun.init import INITS, apply_init
 from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
@@ -122,11 +123,6 @@ class Experiment:
         seed_everything(cfg["seed"], self.opts.deterministic)
 
         self.data = build_data(cfg["dataset"], cfg["seed"], cfg.get("task"))
-        if cfg.get("task") in ("segmentation", "detection") and self.data.info.task != cfg["task"]:
-            needs = {"segmentation": " (it has no per-pixel masks)", "detection": " (it has no boxes)"}
-            raise ConfigError(f"'task={cfg['task']}' does not fit dataset '{self.data.info.name}', which is "
-                              f"{self.data.info.task}{needs[cfg['task']]}. Leave task unset, or pick a {cfg['task']} "
-                              f"dataset such as shapes.", key="task")
         self.info = task_info(cfg.get("task"), self.data.info)  # reconstruction and gan see the inputs only
         self.loss = build_loss(cfg["loss"], self.info, self.data.splits.y_train)
         # Transfer learning may pretrain its backbone first, on other classes of the same dataset (course 3 §4.2).
@@ -196,19 +192,16 @@ class Experiment:
 
     def _check_output_fits_targets(self, cfg: dict[str, Any], sample: torch.Tensor) -> None:
         """The model's output must fit the loss and the task's targets (classes, values, masks, boxes)."""
-        with torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                self.loss(self.model(sample).float(), self.splits.y_train[:2])
-            except (RuntimeError, ValueError, IndexError) as err:
-                raise ConfigError(f"'model={cfg['model'].get('name')}' gives outputs of shape "
-                                  f"{tuple(self.model(sample).shape[1:])}, which loss '{self.loss.name}' cannot score "
-                                  f"against this {self.info.task} dataset's targets of shape "
-                                  f"{tuple(self.splits.y_train.shape[1:])} ({str(err).splitlines()[0]}). Pick a model "
-                                  f"made for the task (segmentation: unet; detection: yolo).", key="model") from None
-            finally:
-                self.model.train(was_training)
+        with torch.no_grad(), evaluating(self.model):
+            output = self.model(sample).float()
+        try:
+            self.loss(output, self.splits.y_train[:2])
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ConfigError(f"'model={cfg['model'].get('name')}' gives outputs of shape {tuple(output.shape[1:])}, "
+                              f"which loss '{self.loss.name}' cannot score against this {self.info.task} dataset's "
+                              f"targets of shape {tuple(self.splits.y_train.shape[1:])} ({str(err).splitlines()[0]}). "
+                              f"Pick a model made for the task (segmentation: unet; detection: yolo).",
+                              key="model") from None
 
 
 def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -429,11 +422,9 @@ def log_cnn_views(exp: Experiment, logger: Any, step: int, panel: int = 8) -> No
 
     images = exp.prepare(exp.splits.x_test[:panel])  # the first test images: the same panel in every run
     true = exp.splits.y_test[:panel]
-    was_training = exp.model.training
-    with torch.no_grad():
-        exp.model.eval()
+    # Called between epochs too: evaluating() hands the model back to training with dropout and BN as before.
+    with torch.no_grad(), evaluating(exp.model):
         predicted = exp.loss.predict_classes(exp.model(images).float())
-    exp.model.train(was_training)  # called between epochs too: training goes on with dropout and BN as before
     if exp.loss.binary:
         return  # one output: Grad-CAM per class needs one score per class
     names = exp.info.class_names or [str(i) for i in range(exp.info.num_classes)]

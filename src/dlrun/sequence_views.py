@@ -10,6 +10,7 @@ from torch import nn
 
 from dlrun.data.base import DataInfo
 from dlrun.decoding import greedy_decode, to_text
+from dlrun.evaluating import evaluating
 from dlrun.metrics import naive_forecasts
 
 EXAMPLES = 4  # validation windows drawn, or sequences decoded, each epoch
@@ -31,12 +32,8 @@ def epoch_view(info: DataInfo, x: torch.Tensor, y: torch.Tensor,
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return model(x).float()
-    finally:
-        model.train(was_training)
 
 
 def forecast_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: DataInfo):
@@ -73,12 +70,8 @@ def forecast_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: Da
 def decoded_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: DataInfo) -> str:
     """A markdown table: source, greedy decoding, expected output, and whether they match."""
     seq = info.sequence
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         decoded, _ = greedy_decode(model, x[:, :seq.source_length], seq)
-    finally:
-        model.train(was_training)
     rows = ["| source | decoded | expected | exact |", "|---|---|---|---|"]
     for source, out, target in zip(x[:, :seq.source_length], decoded, y):
         match = "yes" if torch.equal(out, target) else "no"

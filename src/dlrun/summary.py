@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlrun.evaluating import evaluating
 from dlrun.models.geometry import predicted_size
 
 
@@ -55,17 +56,14 @@ def summarize(model: nn.Module, sample: torch.Tensor) -> tuple[list[LayerRow], i
         if not list(module.children()):
             hooks.append(module.register_forward_pre_hook(enter(name)))
             hooks.append(module.register_forward_hook(record(name)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             model(sample)
     except RuntimeError as err:
         raise RuntimeError(f"at layer {current[0] if current else '?'}: {err}") from None
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return rows, total, trainable

@@ -20,6 +20,7 @@ from dlrun.data.base import DataInfo
 from dlrun.diagnostics.curves import Verdict, chance_loss, diagnose
 from dlrun.diagnostics.startup import initial_loss_check
 from dlrun.errors import ConfigError
+from dlrun.evaluating import evaluating
 from dlrun.losses import LOSSES, Loss
 from dlrun.metrics import metric_names, task_metrics
 from dlrun.models.autoencoder import VAE, VAEOutput
@@ -75,12 +76,10 @@ class Supervised:
                  prepare: Callable | None = None) -> dict[str, float]:
         """Mean loss and the task's metrics over one split, in evaluation mode (no dropout, no augmentation)."""
         prepare = prepare or _as_is
-        was_training = model.training
-        model.eval()
-        outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
-        metrics = {"loss": self.loss_fn(outputs.float(), y).item()}
-        metrics.update(task_metrics(model, self.loss_fn, outputs, x, y, info, batch_size))
-        model.train(was_training)
+        with evaluating(model):
+            outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
+            metrics = {"loss": self.loss_fn(outputs.float(), y).item()}
+            metrics.update(task_metrics(model, self.loss_fn, outputs, x, y, info, batch_size))
         return metrics
 
     def startup_check(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_train: torch.Tensor,
@@ -158,23 +157,22 @@ class Reconstruction(Supervised):
                  prepare: Callable | None = None) -> dict[str, float]:
         """The loss (the negative ELBO for a VAE), MSE and, for images, PSNR in pixels of 0..1."""
         prepare = prepare or _as_is
-        was_training = model.training
-        model.eval()
+        unstandardise = getattr(prepare, "unstandardise", _as_is)
         totals: dict[str, float] = {}
-        for xb in x.split(batch_size):
-            target = prepare(xb)
-            output = model(target)
-            recon = (output.reconstruction if isinstance(output, VAEOutput) else output).float().reshape(target.shape)
-            if isinstance(output, VAEOutput):
-                r, kl = self._elbo_terms(output, target)
-                values = {"loss": (r + output.beta * kl).item(), "reconstruction": r.item(), "kl": kl.item()}
-            else:
-                values = {"loss": self.loss_fn(recon, target).item()}
-            unstandardise = getattr(prepare, "unstandardise", _as_is)
-            values["mse"] = nn.functional.mse_loss(unstandardise(recon), unstandardise(target)).item()
-            for k, v in values.items():
-                totals[k] = totals.get(k, 0.0) + v * len(xb)
-        model.train(was_training)
+        with evaluating(model):
+            for xb in x.split(batch_size):
+                target = prepare(xb)
+                output = model(target)
+                recon = (output.reconstruction if isinstance(output, VAEOutput) else output).float().reshape(
+                    target.shape)
+                if isinstance(output, VAEOutput):
+                    r, kl = self._elbo_terms(output, target)
+                    values = {"loss": (r + output.beta * kl).item(), "reconstruction": r.item(), "kl": kl.item()}
+                else:
+                    values = {"loss": self.loss_fn(recon, target).item()}
+                values["mse"] = nn.functional.mse_loss(unstandardise(recon), unstandardise(target)).item()
+                for k, v in values.items():
+                    totals[k] = totals.get(k, 0.0) + v * len(xb)
         metrics = {k: v / len(x) for k, v in totals.items()}
         if self.images:  # peak signal-to-noise ratio, pixels in 0..1: 10 log10(1 / MSE)
             metrics["psnr"] = 10 * math.log10(1.0 / max(metrics["mse"], 1e-12))
@@ -186,10 +184,7 @@ class Reconstruction(Supervised):
         """(chance, initial, warning): chance = the loss of outputting the mean input whatever the input."""
         constant = x.mean(dim=0, keepdim=True).expand_as(x)
         chance = float(self.loss_fn(constant, x)) * (self.input_dim if self.variational else 1)
-        was_training = model.training
-        model.eval()
-        initial = self.evaluate(model, x, y, info, len(x))["loss"]
-        model.train(was_training)
+        initial = self.evaluate(model, x, y, info, len(x))["loss"]  # evaluate() switches to eval mode itself
         warning = None
         if not math.isfinite(initial):
             warning = f"The initial loss is {initial}: the untrained model already produces non-finite outputs."
@@ -273,16 +268,14 @@ class Adversarial(Supervised):
                  prepare: Callable | None = None) -> dict[str, float]:
         """Both losses and the discriminator's accuracy on the split's real images and as many fixed-noise fakes."""
         prepare = prepare or _as_is
-        was_training = model.training
-        model.eval()
         noise = torch.Generator().manual_seed(0)  # the same fakes at every evaluation
         totals = torch.zeros(4)
-        for xb in x.split(batch_size):
-            fake = model.generator(torch.randn(len(xb), model.latent_dim, generator=noise).to(xb.device))
-            d_loss, fake_score, real, fake_right = self._scores(model, prepare(xb), fake)
-            g_loss = self.loss_fn.module(fake_score, torch.ones_like(fake_score))
-            totals += torch.stack([d_loss, g_loss, real, fake_right]).cpu() * len(xb)
-        model.train(was_training)
+        with evaluating(model):
+            for xb in x.split(batch_size):
+                fake = model.generator(torch.randn(len(xb), model.latent_dim, generator=noise).to(xb.device))
+                d_loss, fake_score, real, fake_right = self._scores(model, prepare(xb), fake)
+                g_loss = self.loss_fn.module(fake_score, torch.ones_like(fake_score))
+                totals += torch.stack([d_loss, g_loss, real, fake_right]).cpu() * len(xb)
         d_loss, g_loss, real, fake = (totals / len(x)).tolist()
         return {"loss": d_loss, "g_loss": g_loss, "d_accuracy_real": real, "d_accuracy_fake": fake}
 
@@ -316,8 +309,10 @@ def task_info(task: str | None, info: DataInfo) -> DataInfo:
     if task in (None, info.task):
         return info
     if task not in INPUT_TASKS:
-        raise ConfigError(f"'task={task}' does not fit dataset '{info.name}', which is {info.task}. Leave task "
-                          f"unset, or pick a {task} dataset.", key="task")
+        needs = {"segmentation": " (it has no per-pixel masks)", "detection": " (it has no boxes)"}
+        raise ConfigError(f"'task={task}' does not fit dataset '{info.name}', which is {info.task}"
+                          f"{needs.get(task, '')}. Leave task unset, or pick a {task} dataset"
+                          f"{' such as shapes' if task in needs else ''}.", key="task")
     if info.sequence is not None and info.sequence.tokens:
         raise ConfigError(f"'task={task}' generates real-valued inputs; dataset '{info.name}' holds token ids. Use an "
                           f"image dataset such as digits or mnist.", key="task")

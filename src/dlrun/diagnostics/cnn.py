@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlrun.evaluating import evaluating
+
 
 def last_conv(model: nn.Module) -> nn.Conv2d | None:
     """The last 2-D convolution: its feature maps are the most semantic ones that keep a spatial layout."""
@@ -34,10 +36,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, layer: nn
         store["maps"] = output
 
     hook = layer.register_forward_hook(keep)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), evaluating(model):
             # Gradients from the input on, so that a frozen backbone's maps get them too (transfer learning).
             x = x.detach().float().requires_grad_(True)
             scores = model(x)
@@ -46,7 +46,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, layer: nn
             picked.backward()
     finally:
         hook.remove()
-        model.train(was_training)
     maps, grads = store["maps"].detach(), store["maps"].grad.detach()
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * maps).sum(dim=1, keepdim=True))
@@ -79,13 +78,11 @@ def feature_maps_grid(model: nn.Module, image: torch.Tensor, limit: int = 16) ->
         return None
     store: dict[str, torch.Tensor] = {}
     hook = conv.register_forward_hook(lambda _m, _i, out: store.__setitem__("maps", out))
-    was_training = model.training
-    model.eval()
     try:
-        model(image[:1].float())
+        with evaluating(model):
+            model(image[:1].float())
     finally:
         hook.remove()
-        model.train(was_training)
     maps = store["maps"][0, :limit].detach().float().cpu().unsqueeze(1)
     low, high = maps.flatten(1).amin(1).view(-1, 1, 1, 1), maps.flatten(1).amax(1).view(-1, 1, 1, 1)
     return make_grid((maps - low) / (high - low).clamp_min(1e-12), nrow=8, padding=1, pad_value=1.0)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from dlrun.evaluating import evaluating
 from dlrun.losses import Loss
 
 
@@ -18,10 +19,8 @@ def initial_loss_check(model: nn.Module, loss: Loss, x: torch.Tensor, y: torch.T
     An untrained classifier should score about ln(number of classes): much more hints at too-large
     initial weights or a label bug (course 2 §3.2).
     """
-    was_training = model.training
-    model.eval()
-    value = float(loss(model(x).float(), y))
-    model.train(was_training)
+    with evaluating(model):
+        value = float(loss(model(x).float(), y))
     reference = f"ln({num_classes}) = {math.log(num_classes):.3f}" if num_classes else f"{chance:.4g}"
     if not math.isfinite(value):
         return value, f"The initial loss is {value}: the untrained model already produces non-finite outputs."
