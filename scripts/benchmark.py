@@ -34,7 +34,10 @@ machine's load, the median drops the rounds a neighbour's burst hit); its second
 Clocks: on a CPU, ratios are judged on CPU seconds (this process's, or a child's from wait4), which a machine
 shared with other work disturbs far less than wall seconds; both are printed and written to the JSON. On a GPU,
 wall seconds. Every in-process variant runs under the same settings dl-run makes (torch's thread count, glibc
-keeping freed memory): the comparison is of the loops and data paths, not of those settings.
+keeping freed memory): the comparison is of the loops and data paths, not
+of those settings. What dl-run does inside its own loop counts for it: fused Adam (one kernel for every
+parameter) and, for CNNs on a CPU, NHWC memory layout (trainer.channels_last=auto); the baselines are written
+as their authors' examples write them (torch.optim.Adam's defaults, NCHW).
 """
 
 from __future__ import annotations

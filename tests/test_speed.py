@@ -48,6 +48,38 @@ def test_channels_last_keeps_cnn_weights_in_nhwc_and_trains(tmp_path):
     assert out["history"][-1]["train/loss"] < out["history"][0]["train/loss"]
 
 
+def _nhwc(exp: Experiment) -> bool:
+    conv = [m for m in exp.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    return conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("overrides, nhwc", [
+    (("model=cnn", "model.channels=[4,4]"), True),  # auto on a CPU: dl-run's CNNs train in NHWC
+    (("model=cnn", "model.channels=[4,4]", "trainer.channels_last=false"), False),
+    (("model=torchvision", "model.arch=resnet18"), False),  # measured slower in NHWC on small images
+])
+def test_channels_last_auto_picks_nhwc_for_dl_runs_cnns_on_the_cpu(tmp_path, overrides, nhwc):
+    settings = [o for o in TINY if not o.startswith("model.")]  # torchvision's models have no model.hidden
+    exp = Experiment(compose_config(*settings, *overrides), tmp_path)
+    assert _nhwc(exp) is nhwc
+    assert exp.opts.channels_last is nhwc
+
+
+def test_channels_last_is_refused_unless_true_false_or_auto(tmp_path):
+    with pytest.raises(ConfigError, match=r"'trainer.channels_last=fast' must be true, false or auto") as err:
+        Experiment(compose_config(*TINY, "model=cnn", "trainer.channels_last=fast"), tmp_path)
+    assert err.value.key == "trainer.channels_last"
+
+
+def test_nhwc_and_nchw_cnns_learn_the_same_function(tmp_path):
+    """The layout changes how the sums are ordered, not what is computed: same seed, nearly the same run."""
+    runs = [train(tmp_path / layout, "model=cnn", "model.channels=[4,8]", f"trainer.channels_last={layout}")
+            for layout in ("true", "false")]
+    for a, b in zip(runs[0]["history"], runs[1]["history"]):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
+    assert runs[0]["test"]["accuracy"] == pytest.approx(runs[1]["test"]["accuracy"], abs=0.01)
+
+
 @pytest.mark.slow  # inductor compiles C++ on first use: 25-50 s on 2 busy cores with a cold cache (7 s warm)
 def test_a_compiled_model_trains_like_the_eager_one(tmp_path):
     eager = train(tmp_path / "eager", "trainer.epochs=1")

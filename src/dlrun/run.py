@@ -42,7 +42,7 @@ from dlrun.sequence_views import epoch_view
 from dlrun.summary import summarize
 from dlrun.tasks import INPUT_TASKS, build_loss, build_task, main_parameters, model_config, task_info
 from dlrun.train import (TrainerOptions, TrainState, autocast_for, fit, resolve_device, resolve_threads,
-                         restore)
+                         restore, use_channels_last)
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
                   "augmentation", "trainer", "logger", "experiment", "lr_find", "predict", "export"}
@@ -141,6 +141,7 @@ class Experiment:
                               f"initialises it).", key="init")
         apply_init(self.model, weight_fn, bias)
         self.model.to(self.device)
+        self.opts.channels_last = use_channels_last(self.opts.channels_last, self.device, self.model)
         if self.opts.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.splits = self.data.splits.to(self.device)  # held as tensors on the training device

@@ -15,6 +15,7 @@ from torch import nn
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.cnn import image_channels, make_activation
+from dlrun.models.flatten import Flatten
 from dlrun.models.registry import MODELS
 from dlrun.models.upsample import Downsample, Upsample, check_upsampling
 
@@ -126,7 +127,7 @@ class ConvAutoencoder(nn.Module):
         self.code_shape = (channels[-1], *size)
         flat = channels[-1] * size[0] * size[1]
         # An optional dense bottleneck: a code of latent_dim numbers instead of the last feature maps.
-        self.code = (nn.Sequential(nn.Flatten(), nn.Linear(flat, latent_dim), nn.Linear(latent_dim, flat),
+        self.code = (nn.Sequential(Flatten(), nn.Linear(flat, latent_dim), nn.Linear(latent_dim, flat),
                                    make_activation(activation, negative_slope, 2)) if latent_dim else None)
         self.ups, self.decode_acts = nn.ModuleList(), nn.ModuleList()
         widths = list(channels[::-1]) + [channels[0]]

@@ -9,6 +9,7 @@ from torch import nn
 from dlrun.activations import ACTIVATIONS, activation_width_factor
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
+from dlrun.models.flatten import Flatten
 from dlrun.models.geometry import conv_output_size, formula_text
 from dlrun.models.registry import MODELS
 
@@ -134,7 +135,7 @@ def build_cnn(
         features = in_channels
     else:
         features = in_channels * size[0] * size[1]
-    head.append(("flatten", nn.Flatten()))
+    head.append(("flatten", Flatten()))
     for k, h in enumerate(hidden, start=1):
         head.append((f"fc{k}", nn.Linear(features, h * factor)))
         if batch_norm:

@@ -13,6 +13,7 @@ from torch import nn
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.cnn import image_channels, make_activation
+from dlrun.models.flatten import Flatten
 from dlrun.models.registry import MODELS
 from dlrun.models.upsample import Upsample, check_upsampling
 
@@ -125,7 +126,7 @@ def build_dcgan(info: DataInfo, latent_dim: int = 32, channels: list[int] = (64,
     d_layers: list[nn.Module] = []
     for c_in, c_out in zip(widths, widths[1:]):
         d_layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.LeakyReLU(negative_slope)]
-    d_layers += [nn.Flatten(), nn.Linear(channels[0] * sizes[-1][0] * sizes[-1][1], 1)]
+    d_layers += [Flatten(), nn.Linear(channels[0] * sizes[-1][0] * sizes[-1][1], 1)]
     return GAN(_DCGenerator(info, latent_dim, list(channels), upsampling, sizes), nn.Sequential(*d_layers), latent_dim)
 
 class _DCGenerator(nn.Module):

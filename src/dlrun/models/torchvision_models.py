@@ -52,4 +52,6 @@ def build_torchvision(info: DataInfo, out_features: int, arch: str = "resnet18")
         raise ConfigError(f"'model.arch={arch}' cannot be built for dataset '{info.name}' "
                           f"(inputs {tuple(info.input_shape)}): {err}", key="model.arch") from None
     _replace_first_conv(model, channels)
+    # NCHW even on a CPU (trainer.channels_last=auto): resnet18 on 32x32 images stepped 1.10x slower in NHWC.
+    model.channels_last_on_cpu = False
     return model
