@@ -107,6 +107,15 @@ def test_export_writes_a_file_that_gives_the_models_outputs(houses, fmt):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_cnn_trained_in_nhwc_layout_exports(tmp_path, fmt):
+    """On a CPU dl-run trains CNNs channels-last (trainer.channels_last=auto); the export is the plain model."""
+    args = ("dataset=digits", "model=cnn", "model.channels=[4,8]", "trainer.max_steps=3", *TINY)
+    run_in_process(tmp_path, *args)
+    result = run_in_process(tmp_path, *args, "mode=export", f"export.format={fmt}", f"resume={tmp_path}")
+    assert Path(result["output"]).is_file() and result["max_abs_difference"] < 1e-4
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("digits")

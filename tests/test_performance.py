@@ -35,14 +35,17 @@ def test_histograms_reach_tensorboard_with_their_counts_and_range(tmp_path):
     values = torch.cat([torch.zeros(30), torch.ones(10)])
     logger.histogram("weights", values, 5)
     logger.histogram("nan", torch.tensor([float("nan"), 1.0]), 5)  # skipped, no crash
+    logger.histogram("constant", torch.full((7,), -2.5), 5)  # one value: one bin holds it all
     logger.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
     events.Reload()
-    assert events.Tags()["histograms"] == ["weights"]
+    assert sorted(events.Tags()["histograms"]) == ["constant", "weights"]
     (h,) = events.Histograms("weights")
     assert h.step == 5 and h.histogram_value.num == 40 and h.histogram_value.sum == 10
     assert (h.histogram_value.min, h.histogram_value.max) == (0.0, 1.0)
     assert h.histogram_value.bucket[0] == 30 and h.histogram_value.bucket[-1] == 10
+    (c,) = events.Histograms("constant")
+    assert c.histogram_value.min == -2.5 and c.histogram_value.num == 7 and sum(c.histogram_value.bucket) == 7
 
 
 def test_the_benchmark_explains_itself_and_refuses_an_unknown_group(monkeypatch, capsys):

@@ -29,7 +29,8 @@ class Flatten(nn.Flatten):
     """nn.Flatten; for an NHWC (channels-last) batch its gradient comes back NHWC too."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 4 and x.requires_grad and x.is_contiguous(memory_format=torch.channels_last)
-                and not x.is_contiguous()):
+        # Only when a gradient will flow back; a traced export (TorchScript, ONNX) gets the plain operation.
+        if (x.dim() == 4 and x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing()
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
             return _FlattenNHWC.apply(x, self.start_dim, self.end_dim)
         return super().forward(x)
