@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,3 +60,16 @@ def test_the_benchmark_explains_itself_and_refuses_an_unknown_group(monkeypatch,
         assert exit_.value.code == code
     out, err = capsys.readouterr()
     assert "Lightning" in out and "--mnist-root" in out and "unknown group(s) speed" in err
+
+
+def test_dl_run_help_does_not_import_torch_or_other_heavy_libraries(tmp_path):
+    """`dl-run --help` answers in well under a second: torch alone takes over one to import (issue #9)."""
+    heavy = ("torch", "tensorboard", "torchvision", "matplotlib", "sklearn")
+    code = ("import atexit, sys\n"
+            f"atexit.register(lambda: print('imported:', [m for m in {heavy!r} if m in sys.modules], file=sys.stderr))\n"
+            "from dlrun.cli import main\n"
+            "sys.argv = ['dl-run', '--help']\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "dl-run" in out.stdout
+    assert "imported: []" in out.stderr, out.stderr[-2000:]

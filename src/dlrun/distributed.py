@@ -12,11 +12,12 @@ import os
 import sys
 import tempfile
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
-from torch import nn
+# torch is imported where it is used: the CLI imports this module, and `dl-run --help` must not wait for torch.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # A rank that waits longer than this in a collective gives up with an error instead of hanging for ever.
 # torchrun itself stops the other ranks as soon as one exits with an error; this bounds what it cannot see.
@@ -50,7 +51,12 @@ def launched() -> bool:
 
 def setup() -> None:
     """Join the process group torchrun described (gloo for CPU tensors, NCCL for CUDA ones when there is a GPU)."""
-    if not launched() or dist.is_initialized():
+    if not launched():
+        return
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
@@ -62,6 +68,10 @@ def setup() -> None:
 
 def teardown() -> None:
     """Leave the process group (at the end of the process)."""
+    if "torch.distributed" not in sys.modules:
+        return  # nothing imported it, so no process group was joined
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -69,6 +79,8 @@ def teardown() -> None:
 def device_for(device: torch.device) -> torch.device:
     """Each rank on its own GPU: `cuda` becomes cuda:<local rank>."""
     if launched() and device.type == "cuda" and device.index is None:
+        import torch
+
         return torch.device("cuda", local_rank())
     return device
 
@@ -100,6 +112,8 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over all ranks (the tensor itself in a single process)."""
     if not launched():
         return value
+    import torch.distributed as dist
+
     reduced = value.detach().clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced / world_size()
@@ -109,6 +123,9 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on any: ranks take the same decision (stop, give up) at the same step."""
     if not launched():
         return flag
+    import torch
+    import torch.distributed as dist
+
     value = torch.tensor([1 if flag else 0])
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
@@ -118,6 +135,8 @@ def broadcast(obj: Any) -> Any:
     """Rank 0's value of a picklable object, on every rank."""
     if not launched():
         return obj
+    import torch.distributed as dist
+
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -127,12 +146,16 @@ def sync_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (batch-norm running statistics) on every rank, so evaluation agrees everywhere."""
     if not launched():
         return
+    import torch.distributed as dist
+
     for buffer in model.buffers():
         dist.broadcast(buffer.data, src=0)
 
 
 def job_device(device: str, job_num: int) -> str:
     """A sweep job in a launcher's worker on a machine with several GPUs: its own GPU, taken in turn."""
+    import torch
+
     count = torch.cuda.device_count()
     if device in ("auto", "cuda") and count > 1 and not launched():
         return f"cuda:{job_num % count}"
