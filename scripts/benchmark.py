@@ -43,6 +43,7 @@ as their authors' examples write them (torch.optim.Adam's defaults, NCHW).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -262,12 +263,43 @@ def dataloader_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: in
     return watch.seconds
 
 
+# lightning_fabric's import sets this for the whole process. torch.cuda.is_available() then asks NVML on each
+# call, and torch.optim calls it every step: every variant run after Lightning in this process stepped slower
+# (a tiny MLP 1.41x). It is set only while Lightning itself trains, as its users have it.
+LIGHTNING_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str | None]):
+    """os.environ with `values` (None: unset) inside the block, as it was after it."""
+    def put(settings: dict[str, str | None]) -> None:
+        for key, value in settings.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    before = {k: os.environ.get(k) for k in values}
+    put(values)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def import_lightning():
+    """Lightning and its TensorBoardLogger, imported without leaving its environment setting behind."""
+    with environment({k: os.environ.get(k) for k in LIGHTNING_ENV}):
+        import lightning
+        from lightning.pytorch.loggers import TensorBoardLogger
+    return lightning, TensorBoardLogger
+
+
 def lightning_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: int, steps: int | None, n_val: int,
                    work: Path, threads: int) -> tuple[float, float]:
     """The same training through PyTorch Lightning: its Trainer, TensorBoardLogger, progress bar and checkpoints."""
-    import lightning as L
+    L, TensorBoardLogger = import_lightning()
     import torchvision
-    from lightning.pytorch.loggers import TensorBoardLogger
     from torchvision import transforms
 
     class Classifier(L.LightningModule):
@@ -303,7 +335,7 @@ def lightning_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: int
     loaders = (torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, **extra),
                torch.utils.data.DataLoader(val, batch_size=1000, **extra))
     torch.set_num_threads(threads)  # Lightning resets nothing here, but say it: the same threads as dl-run
-    with Stopwatch(exp.device) as watch:
+    with environment(LIGHTNING_ENV), Stopwatch(exp.device) as watch:
         trainer.fit(model, *loaders)
     shutil.rmtree(work, ignore_errors=True)
     return watch.seconds
@@ -372,7 +404,7 @@ class Bench:
 
     def lightning_present(self) -> bool:
         try:
-            import lightning  # noqa: F401
+            import_lightning()
         except ImportError:
             return False
         return True
