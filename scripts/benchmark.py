@@ -152,9 +152,9 @@ class StepsClock(console.EpochProgress):
         self.steps_cpu, self._left, self._started = 0.0, 0, 0.0
         StepsClock.last = self
 
-    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
-        super().start_epoch(epoch, epochs, batches)
-        self._left, self._started = batches, time.process_time()
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
+        super().start_epoch(epoch, epochs, batches, done)
+        self._left, self._started = batches - done, time.process_time()
 
     def advance(self, loss: torch.Tensor, step: int) -> None:
         super().advance(loss, step)
@@ -641,7 +641,7 @@ class StepClock:
         self.last = last_step
         self.started = self.ended = 0.0
 
-    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
         self.started = time.process_time()
 
     def advance(self, loss: torch.Tensor, step: int) -> None:

@@ -65,7 +65,7 @@ class StopAfter:
     def __init__(self, stop: StopOnSignal, step: int) -> None:
         self.stop, self.step = stop, step
 
-    def start_epoch(self, *args) -> None:
+    def start_epoch(self, *args, **kwargs) -> None:
         pass
 
     def advance(self, loss, step: int) -> None:

@@ -102,10 +102,11 @@ class EpochProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
-        self._epoch, self._done, self._epoch_began = (f"epoch {epoch}/{epochs}", batches), 0, time.perf_counter()
+    def start_epoch(self, epoch: int, epochs: int, batches: int, done: int = 0) -> None:
+        """A new epoch of `batches` batches, `done` of them already (a run resumed mid-epoch)."""
+        self._epoch, self._done, self._epoch_began = (f"epoch {epoch}/{epochs}", batches), done, time.perf_counter()
         if self._progress is not None:  # one bar, reset each epoch: drawn by the next refresh
-            self._progress.reset(self._task, total=batches, description=self._epoch[0], loss="…")
+            self._progress.reset(self._task, total=batches, completed=done, description=self._epoch[0], loss="…")
 
     def advance(self, loss: torch.Tensor, step: int) -> None:
         if not self.enabled:
@@ -129,7 +130,7 @@ class EpochProgress:
             refresh_per_second=4,  # redrawing costs CPU the training could use; 4 a second reads as smooth
         )
         self._progress.__enter__()
-        self._task = self._progress.add_task(self._epoch[0], total=self._epoch[1], loss="…")
+        self._task = self._progress.add_task(self._epoch[0], total=self._epoch[1], completed=self._done, loss="…")
 
     def end_epoch(self, epoch: int, metrics: Mapping[str, float], is_best: bool) -> None:
         if not self.enabled:

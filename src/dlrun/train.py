@@ -277,7 +277,7 @@ def fit(
         batches = distributed.usable_batches(state.order.to(source.index_device).split(batch_size))
         n_batches = len(batches)
         if progress is not None:
-            progress.start_epoch(state.epoch + 1, opts.epochs, n_batches)
+            progress.start_epoch(state.epoch + 1, opts.epochs, n_batches, done=state.batch)
         for xb, yb in source.batches([distributed.shard(idx) for idx in batches[state.batch:]]):
             xb = prepare(xb, train=True)
             if show_batch:  # course 3 §4.1: the first augmented batch, as the network sees it
