@@ -86,6 +86,23 @@ def test_eval_rescores_the_best_checkpoint_and_keeps_the_runs_records(houses):
     assert (run_dir / "metrics.json").read_text() == before
 
 
+def test_eval_on_another_csv_scores_it_on_the_training_scale(houses, capsys):
+    """Another file is standardised with the trained run's statistics, not its own (course 2 §3.3)."""
+    root, run_dir = houses["root"], houses["run_dir"]
+    x, y = houses["x"], houses["y"]
+    big = np.argsort(x[:, 0])[-100:]  # the houses with the most rooms: their own mean is far from the run's
+    write_table(root / "big.csv", np.column_stack([x[big], y[big]]), ["rooms", "area", "age", "price"])
+    # The model's own predictions for those houses, on the training scale (predict uses the run's statistics).
+    run_in_process(run_dir, *houses["args"], "mode=predict", f"resume={run_dir}", f"predict.input={root / 'big.csv'}")
+    predicted = np.array([float(r["predicted_price"]) for r in read_predictions(root / "big.predictions.csv")])
+    result = run_in_process(run_dir, *houses["args"], f"dataset.path={root / 'big.csv'}", "mode=eval",
+                            f"resume={run_dir}")
+    _, _, test = split_indices(100, 0.15, 0.15, 0, "big")  # the csv dataset's split of the new file
+    expected = math.sqrt(np.mean((predicted[test] - y[big][test]) ** 2))
+    assert result["test"]["rmse"] == pytest.approx(expected, rel=1e-4)
+    assert "inputs and targets standardised with the training split's statistics" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_writes_a_file_that_gives_the_models_outputs(houses, fmt):
     run_dir = houses["run_dir"]

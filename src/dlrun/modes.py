@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +36,9 @@ def load_trained(exp: Experiment, cfg: dict[str, Any], run_dir: Path) -> Path:
     path = checkpoint_dir / (checkpoint.BEST if (checkpoint_dir / checkpoint.BEST).exists() else checkpoint.LAST)
     if not path.exists():
         path = checkpoint_dir / checkpoint.PREVIOUS
+    saved = checkpoint.load(path)
     try:
-        exp.model.load_state_dict(checkpoint.load(path)["model"])
+        exp.model.load_state_dict(saved["model"])
     except RuntimeError as err:  # the overrides given now build a different model than the one trained
         first = str(err).strip().splitlines()
         raise ConfigError(f"The checkpoint {path} does not fit the model built from this run's config and the "
@@ -44,7 +46,50 @@ def load_trained(exp: Experiment, cfg: dict[str, Any], run_dir: Path) -> Path:
                           f"{tuple(exp.info.input_shape)}): {' '.join(first[:2])}. Use a dataset with the same "
                           f"inputs and classes as the one the run was trained on.", key="dataset") from None
     exp.model.eval()
+    rescaled = on_training_scale(exp, saved.get("scaling"))
+    if rescaled:
+        console.console.print(f"Dataset {exp.info.name}: {' and '.join(rescaled)} standardised with the training "
+                              f"split's statistics of {run_dir.name}, as the model was trained, not with its own.")
     return path
+
+
+def on_training_scale(exp: Experiment, saved: dict[str, Any] | None) -> list[str]:
+    """Put the rebuilt data on the scale the model was trained on; return what was changed.
+
+    The run's own dataset is rebuilt with the same split and statistics, so nothing changes. Another dataset
+    (mode=eval dataset.path=other.csv) was standardised with its own training split's mean and std: those are
+    undone and the trained run's applied (course 2 §3.3: new data gets the training statistics). Sequence
+    datasets keep their own (their windows are cut from one standardised series); checkpoints written before
+    dl-run saved the statistics have none to apply.
+    """
+    from dlrun.data.base import Splits
+    from dlrun.data.prepare import Prepare
+
+    info, s = exp.info, exp.splits
+    if not saved or info.sequence is not None:
+        return []
+    changed, tensors = [], dict(zip(("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"), s.tensors()))
+    for what, prefix, names in (("inputs", "feature", ("x_train", "x_val", "x_test")),
+                                ("targets", "target", ("y_train", "y_val", "y_test"))):
+        old = (saved.get(f"{prefix}_mean"), saved.get(f"{prefix}_std"))
+        now = (getattr(info, f"{prefix}_mean"), getattr(info, f"{prefix}_std"))
+        if old[0] is None or now[0] is None or (torch.equal(old[0], now[0]) and torch.equal(old[1], now[1])):
+            continue
+        for name in names:
+            t = tensors[name]
+            shape = (1, *t.shape[1:])
+            raw = t * now[1].to(t).reshape(shape) + now[0].to(t).reshape(shape)
+            tensors[name] = (raw - old[0].to(t).reshape(shape)) / old[1].to(t).reshape(shape)
+        info = replace(info, **{f"{prefix}_mean": old[0], f"{prefix}_std": old[1]})
+        changed.append(what)
+    pixels = (saved.get("pixel_mean"), saved.get("pixel_std"))
+    if pixels[0] is not None and info.pixel_mean is not None and pixels != (info.pixel_mean, info.pixel_std):
+        info = replace(info, pixel_mean=tuple(pixels[0]), pixel_std=tuple(pixels[1]))
+        exp.prepare = Prepare(info, None, exp.device)  # pixels are standardised per batch, as drawn
+        changed.append("pixels")
+    if changed:
+        exp.info, exp.splits = info, Splits(**tensors)
+    return changed
 
 
 def run_eval(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:

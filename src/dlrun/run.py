@@ -263,7 +263,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
         size = exp.opts.batch_size_for(len(exp.splits.x_train))
         logger.text("data/first_batch", batch_summary(exp.prepare(exp.splits.x_train[:size]),
                                                       exp.splits.y_train[:size], exp.info.feature_names), 0)
-    extra = {"config": OmegaConf.to_yaml(cfg_node, resolve=True)}
+    extra = {"config": OmegaConf.to_yaml(cfg_node, resolve=True), "scaling": exp.info.scaling()}
     monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
                if logger.gradients_every_n_steps else None)
     try:

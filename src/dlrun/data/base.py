@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +74,14 @@ class DataInfo:
     @property
     def input_dim(self) -> int:
         return int(np.prod(self.input_shape))
+
+    def scaling(self) -> dict[str, Any]:
+        """The statistics this data was standardised with (course 2 §3.3), as a checkpoint keeps them: another
+        dataset scored by the trained model must be put on the same scale (dlrun.modes)."""
+        return {k: getattr(self, k) for k in SCALING if getattr(self, k) is not None}
+
+
+SCALING = ("feature_mean", "feature_std", "target_mean", "target_std", "pixel_mean", "pixel_std")
 
 
 @dataclass
