@@ -43,7 +43,6 @@ as their authors' examples write them (torch.optim.Adam's defaults, NCHW).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -57,6 +56,7 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -269,27 +269,9 @@ def dataloader_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: in
 LIGHTNING_ENV = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
 
 
-@contextlib.contextmanager
-def environment(values: dict[str, str | None]):
-    """os.environ with `values` (None: unset) inside the block, as it was after it."""
-    def put(settings: dict[str, str | None]) -> None:
-        for key, value in settings.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-    before = {k: os.environ.get(k) for k in values}
-    put(values)
-    try:
-        yield
-    finally:
-        put(before)
-
-
 def import_lightning():
     """Lightning and its TensorBoardLogger, imported without leaving its environment setting behind."""
-    with environment({k: os.environ.get(k) for k in LIGHTNING_ENV}):
+    with mock.patch.dict(os.environ):  # os.environ as it was before the import, on leaving
         import lightning
         from lightning.pytorch.loggers import TensorBoardLogger
     return lightning, TensorBoardLogger
@@ -335,7 +317,7 @@ def lightning_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: int
     loaders = (torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, **extra),
                torch.utils.data.DataLoader(val, batch_size=1000, **extra))
     torch.set_num_threads(threads)  # Lightning resets nothing here, but say it: the same threads as dl-run
-    with environment(LIGHTNING_ENV), Stopwatch(exp.device) as watch:
+    with mock.patch.dict(os.environ, LIGHTNING_ENV), Stopwatch(exp.device) as watch:
         trainer.fit(model, *loaders)
     shutil.rmtree(work, ignore_errors=True)
     return watch.seconds

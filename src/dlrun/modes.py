@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dlrun import checkpoint, console
+from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -62,24 +63,19 @@ def on_training_scale(exp: Experiment, saved: dict[str, Any] | None) -> list[str
     datasets keep their own (their windows are cut from one standardised series); checkpoints written before
     dl-run saved the statistics have none to apply.
     """
-    from dlrun.data.base import Splits
-    from dlrun.data.prepare import Prepare
-
-    info, s = exp.info, exp.splits
+    info = exp.info
     if not saved or info.sequence is not None:
         return []
-    changed, tensors = [], dict(zip(("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"), s.tensors()))
-    for what, prefix, names in (("inputs", "feature", ("x_train", "x_val", "x_test")),
-                                ("targets", "target", ("y_train", "y_val", "y_test"))):
+    changed, splits = [], {}
+    for what, prefix, side in (("inputs", "feature", "x"), ("targets", "target", "y")):
         old = (saved.get(f"{prefix}_mean"), saved.get(f"{prefix}_std"))
         now = (getattr(info, f"{prefix}_mean"), getattr(info, f"{prefix}_std"))
         if old[0] is None or now[0] is None or (torch.equal(old[0], now[0]) and torch.equal(old[1], now[1])):
             continue
-        for name in names:
-            t = tensors[name]
-            shape = (1, *t.shape[1:])
-            raw = t * now[1].to(t).reshape(shape) + now[0].to(t).reshape(shape)
-            tensors[name] = (raw - old[0].to(t).reshape(shape)) / old[1].to(t).reshape(shape)
+        for split in ("train", "val", "test"):
+            t = getattr(exp.splits, f"{side}_{split}")
+            mean_now, std_now, mean_old, std_old = (v.to(t).reshape(1, *t.shape[1:]) for v in (*now, *old))
+            splits[f"{side}_{split}"] = (t * std_now + mean_now - mean_old) / std_old
         info = replace(info, **{f"{prefix}_mean": old[0], f"{prefix}_std": old[1]})
         changed.append(what)
     pixels = (saved.get("pixel_mean"), saved.get("pixel_std"))
@@ -88,7 +84,7 @@ def on_training_scale(exp: Experiment, saved: dict[str, Any] | None) -> list[str
         exp.prepare = Prepare(info, None, exp.device)  # pixels are standardised per batch, as drawn
         changed.append("pixels")
     if changed:
-        exp.info, exp.splits = info, Splits(**tensors)
+        exp.info, exp.splits = info, replace(exp.splits, **splits)
     return changed
 
 

@@ -46,6 +46,10 @@ class SequenceInfo:
         return self.vocab_size is not None
 
 
+# The statistics a dataset was standardised with, kept in checkpoints (DataInfo.scaling).
+SCALING = ("feature_mean", "feature_std", "target_mean", "target_std", "pixel_mean", "pixel_std")
+
+
 @dataclass
 class DataInfo:
     """What the model, loss and metrics need to know about a dataset."""
@@ -79,9 +83,6 @@ class DataInfo:
         """The statistics this data was standardised with (course 2 §3.3), as a checkpoint keeps them: another
         dataset scored by the trained model must be put on the same scale (dlrun.modes)."""
         return {k: getattr(self, k) for k in SCALING if getattr(self, k) is not None}
-
-
-SCALING = ("feature_mean", "feature_std", "target_mean", "target_std", "pixel_mean", "pixel_std")
 
 
 @dataclass
