@@ -36,8 +36,9 @@ shared with other work disturbs far less than wall seconds; both are printed and
 wall seconds. Every in-process variant runs under the same settings dl-run makes (torch's thread count, glibc
 keeping freed memory): the comparison is of the loops and data paths, not
 of those settings. What dl-run does inside its own loop counts for it: fused Adam (one kernel for every
-parameter) and, for CNNs on a CPU, NHWC memory layout (trainer.channels_last=auto); the baselines are written
-as their authors' examples write them (torch.optim.Adam's defaults, NCHW).
+parameter), for CNNs on a CPU NHWC memory layout (trainer.channels_last=auto), and on a CPU where torch's MKL
+runs its slow path (non-Intel x86) fully connected layers through oneDNN (trainer.onednn_linear=auto); the
+baselines are written as their authors' examples write them (torch.optim.Adam's defaults, NCHW, nn.Linear).
 """
 
 from __future__ import annotations

@@ -125,9 +125,12 @@ def test_export_writes_a_file_that_gives_the_models_outputs(houses, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_a_cnn_trained_in_nhwc_layout_exports(tmp_path, fmt):
-    """On a CPU dl-run trains CNNs channels-last (trainer.channels_last=auto); the export is the plain model."""
-    args = ("dataset=digits", "model=cnn", "model.channels=[4,8]", "trainer.max_steps=3", *TINY)
+@pytest.mark.parametrize("model", [("model=cnn", "model.channels=[4,8]", "trainer.channels_last=true"),
+                                   ("model.hidden=[1024]", "trainer.onednn_linear=true")], ids=["nhwc", "onednn"])
+def test_a_model_trained_with_cpu_speedups_exports(tmp_path, fmt, model):
+    """On a CPU dl-run may train CNNs channels-last and fully connected layers through oneDNN (both `auto`);
+    the export is the plain model: torch's own convolutions and matrix products."""
+    args = ("dataset=digits", *model, "trainer.max_steps=3", *TINY)
     run_in_process(tmp_path, *args)
     result = run_in_process(tmp_path, *args, "mode=export", f"export.format={fmt}", f"resume={tmp_path}")
     assert Path(result["output"]).is_file() and result["max_abs_difference"] < 1e-4

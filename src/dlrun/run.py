@@ -31,6 +31,7 @@ from dlrun.init import INITS, apply_init
 from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
+from dlrun.models.onednn_linear import use_onednn_linear
 from dlrun.losses import output_layer
 from dlrun import modes as serve_modes
 from dlrun.models import MODELS
@@ -144,6 +145,7 @@ class Experiment:
         self.opts.channels_last = use_channels_last(self.opts.channels_last, self.device, self.model)
         if self.opts.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.opts.onednn_linear = use_onednn_linear(self.opts.onednn_linear, self.device, self.model)
         self.splits = self.data.splits.to(self.device)  # held as tensors on the training device
         if self.opts.overfit_batches:
             # The same few batches for training and validation: a sanity check that the model can fit anything.

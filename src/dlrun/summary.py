@@ -34,7 +34,7 @@ def summarize(model: nn.Module, sample: torch.Tensor) -> tuple[list[LayerRow], i
     def enter(name: str):
         def pre_hook(module: nn.Module, inputs) -> None:
             shape = tuple(inputs[0].shape[1:]) if inputs and isinstance(inputs[0], torch.Tensor) else ()
-            current[:] = [f"{name} ({type(module).__name__}, input {shape})"]
+            current[:] = [f"{name} ({module._get_name()}, input {shape})"]
         return pre_hook
 
     def record(name: str):
@@ -43,7 +43,7 @@ def summarize(model: nn.Module, sample: torch.Tensor) -> tuple[list[LayerRow], i
                 output = output[0]  # recurrent layers return (outputs, state): show the outputs
             shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
             params = sum(p.numel() for p in module.parameters(recurse=False))
-            row = LayerRow(name, type(module).__name__, shape, params)
+            row = LayerRow(name, module._get_name(), shape, params)
             x = inputs[0] if inputs else None
             if isinstance(x, torch.Tensor) and x.dim() == 4 and len(shape) == 3:
                 predicted = predicted_size(module, x.shape[2], x.shape[3])

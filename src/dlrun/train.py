@@ -45,6 +45,7 @@ class TrainerOptions:
     precision: str | int = "auto"  # 32, bf16 or fp16 autocast; auto = bf16 (else fp16) on a GPU, 32 elsewhere
     compile: bool = False  # torch.compile the model for training
     channels_last: bool | str = "auto"  # NHWC memory layout for CNNs; auto = on a CPU (see use_channels_last)
+    onednn_linear: bool | str = "auto"  # fully connected layers through oneDNN; auto = where MKL runs slow (AMD)
     devices: int = 1  # processes training together (data parallel); >1 starts them with torchrun
     early_stopping_patience: int | None = None  # epochs without improvement of `monitor` before stopping
     monitor: str = "val/loss"  # the metric that picks the best checkpoint and drives early stopping
@@ -91,6 +92,9 @@ class TrainerOptions:
         if self.channels_last not in (True, False, "auto"):
             raise ConfigError(f"'trainer.channels_last={self.channels_last}' must be true, false or auto.",
                               key="trainer.channels_last")
+        if self.onednn_linear not in (True, False, "auto"):
+            raise ConfigError(f"'trainer.onednn_linear={self.onednn_linear}' must be true, false or auto.",
+                              key="trainer.onednn_linear")
         if self.devices < 1:
             raise ConfigError(f"'trainer.devices={self.devices}' must be a positive integer (processes that train "
                               f"together).", key="trainer.devices")
