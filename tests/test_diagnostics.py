@@ -47,6 +47,17 @@ def test_each_synthetic_curve_gets_its_verdict_with_numbers(case):
     assert case in verdict.markdown()
 
 
+def test_curves_falling_at_the_end_of_an_annealed_schedule_are_no_sign_of_stopping_too_early():
+    train, val = CURVES["stopped too early"]
+    assert diagnose(train, val, CHANCE, [1e-3] * N).case == "stopped too early"  # a constant rate: cut short
+    onecycle = [1e-3 * (1 + math.cos(math.pi * (i + 1) / N)) / 2 for i in range(N)]  # annealed to 0
+    verdict = diagnose(train, val, CHANCE, onecycle)
+    assert verdict.case == "healthy" and "learning rate annealed" in verdict.summary
+    assert verdict.numbers["lr_last"] == onecycle[-1] and verdict.numbers["lr_at_last_20pct"] == onecycle[N - N // 5]
+    # An annealed run that overfits is still overfitting: the schedule excuses only the late fall.
+    assert diagnose(*CURVES["overfitting"], CHANCE, onecycle).case == "overfitting"
+
+
 def test_nan_is_divergence():
     assert diagnose([2.0, float("nan")], [2.0, 2.0], CHANCE).case == "divergence"
 

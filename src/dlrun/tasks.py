@@ -91,7 +91,8 @@ class Supervised:
 
     def verdict(self, history: list[dict[str, float]], chance: float | None) -> Verdict:
         """The loss-curve verdict of course 2 §4.2."""
-        return diagnose([h["train/loss"] for h in history], [h["val/loss"] for h in history], chance)
+        lrs = [h["lr"] for h in history] if all("lr" in h for h in history) else None
+        return diagnose([h["train/loss"] for h in history], [h["val/loss"] for h in history], chance, lrs)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -36,6 +36,8 @@ CASES = ("divergence", "stopped too early", "underfitting", "overfitting", "vali
 # How far a curve must move to count as moving, as a fraction of its level.
 STILL_FALLING = 0.05
 FLAT = 0.05
+# The learning rate counts as annealed when it ends at most this fraction of its value at the last 20%.
+ANNEALED = 0.5
 
 
 def _fmt(value: float) -> str:
@@ -68,8 +70,9 @@ def _roughness(values: list[float]) -> float:
     return (sum(diffs) / len(diffs)) / level if level else 0.0
 
 
-def diagnose(train: list[float], val: list[float], chance: float) -> Verdict:
-    """Classify per-epoch training and validation losses; `chance` is the loss of a constant prediction."""
+def diagnose(train: list[float], val: list[float], chance: float, lrs: list[float] | None = None) -> Verdict:
+    """Classify per-epoch training and validation losses; `chance` is the loss of a constant prediction,
+    `lrs` the learning rate at each epoch's end (a schedule that anneals it explains a late fall)."""
     n = len(train)
     if n == 0:
         return Verdict("healthy", "no epoch finished, nothing to judge.", [], {})
@@ -107,7 +110,13 @@ def diagnose(train: list[float], val: list[float], chance: float) -> Verdict:
     numbers.update(train_drop_last_20pct=t_drop_tail, val_drop_last_20pct=v_drop_tail, val_min=v_min,
                    val_min_epoch=v_min_epoch)
 
-    if t_drop_tail > STILL_FALLING and v_drop_tail > STILL_FALLING and v[-1] <= v_min * 1.01:
+    # A schedule that anneals the learning rate (onecycle, cosine, step) makes both curves fall over its last
+    # epochs whatever the run's length: that fall is the schedule's doing, not a sign the run was cut short.
+    annealed = bool(lrs) and len(lrs) == n and lrs[tail] > 0 and lrs[-1] <= ANNEALED * lrs[tail]
+    if annealed:
+        numbers.update(lr_at_last_20pct=lrs[tail], lr_last=lrs[-1])
+    falling = t_drop_tail > STILL_FALLING and v_drop_tail > STILL_FALLING and v[-1] <= v_min * 1.01
+    if falling and not annealed:
         return Verdict("stopped too early",
                        "both curves were still falling when training stopped.",
                        ["train longer (trainer.epochs)", "raise the learning rate (optimizer.lr)"], numbers)
@@ -155,6 +164,12 @@ def diagnose(train: list[float], val: list[float], chance: float) -> Verdict:
                        ["a larger validation split (dataset.val_fraction)", "check how the splits are made"],
                        {**numbers, "val_roughness": v_rough, "train_roughness": t_rough})
 
+    if falling:
+        return Verdict("healthy", f"both curves fell together to the end, as the learning rate annealed from "
+                                  f"{_fmt(lrs[tail])} to {_fmt(lrs[-1])}: a decaying schedule makes them fall over "
+                                  f"its last epochs whatever the run's length, so this is no sign of stopping too "
+                                  f"early (a longer run, trainer.epochs, tells whether more epochs help); nothing "
+                                  f"the course warns about.", [], numbers)
     return Verdict("healthy", "both curves fell and levelled off together; nothing the course warns about.", [],
                    numbers)
 
