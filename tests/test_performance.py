@@ -73,3 +73,16 @@ def test_dl_run_help_does_not_import_torch_or_other_heavy_libraries(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "dl-run" in out.stdout
     assert "imported: []" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_run_without_images_does_not_import_torchvision(tmp_path):
+    """torchvision's import (with the torch._dynamo it pulls in) is ~1 s of start-up only image runs need."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('torchvision imported:', 'torchvision' in sys.modules, file=sys.stderr))\n"
+            "from dlrun.cli import main\n"
+            "sys.argv = ['dl-run', 'trainer.max_steps=2', 'logger=none', 'trainer.progress=false', 'hydra.run.dir=run']\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert "torchvision imported: False" in out.stderr, out.stderr[-2000:]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, box_iou
 
 BOX_FIELDS = 5  # objectness, x, y, sqrt(w), sqrt(h)
 
@@ -90,6 +89,8 @@ def decode(output: torch.Tensor, score_threshold: float = 0.05, iou_threshold: f
     cx, cy = (cols + offsets[..., 0]) / grid, (rows + offsets[..., 1]) / grid
     w, h = offsets[..., 2] ** 2, offsets[..., 3] ** 2
     boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1).clamp(0, 1)
+    from torchvision.ops import batched_nms  # here: importing torchvision takes ~1 s that other runs need not pay
+
     detections = []
     for i in range(n):
         keep = scores[i].flatten() >= score_threshold
@@ -127,6 +128,8 @@ def mean_average_precision(detections: list[dict[str, torch.Tensor]], truths: li
     """mAP@iou_threshold: per class, rank every detection by score; a detection is a true positive when it
     overlaps a not yet matched true box of its class by IoU >= iou_threshold; AP per class, mean over the
     classes that have true boxes. Also returns each class's AP as ap_<class index>."""
+    from torchvision.ops import box_iou
+
     per_class = {}
     for c in range(num_classes):
         tp, scores, n_true = [], [], 0
