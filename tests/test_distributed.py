@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from conftest import DL_RUN
-from dlrun import distributed
+from conftest import DL_RUN, compose_config
+from dlrun import checkpoint, distributed
+from dlrun.run import Experiment
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 # 1168 training digits in global batches of 32: 36 batches of 16 per rank and a last one of 8 per rank.
@@ -55,6 +56,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_write_one_r
     for a, b in zip(single["history"], double["history"], strict=True):
         assert abs(a["train/loss"] - b["train/loss"]) <= 1e-4 * a["train/loss"]
         assert abs(a["val/loss"] - b["val/loss"]) <= 1e-4 * a["val/loss"]
+        assert abs(a["val/accuracy"] - b["val/accuracy"]) <= 0.005  # each rank scored half: outputs in order
     assert abs(single["test"]["accuracy"] - double["test"]["accuracy"]) <= 0.005
     assert single["steps"] == double["steps"]
 
@@ -116,3 +118,56 @@ def test_each_rank_takes_its_slice_of_every_global_batch(monkeypatch):
             assert torch.equal(torch.cat([s[i] for s in slices]), batch)
     monkeypatch.setenv("WORLD_SIZE", "8")  # a last batch of 6 cannot give each of 8 ranks a sample
     assert len(distributed.usable_batches(batches)) == 2
+
+
+SHARED_EVALUATION = '''
+import os, sys
+import torch
+import torch.distributed as dist
+from dlrun import distributed
+
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=int(os.environ["RANK"]),
+                        world_size=int(os.environ["WORLD_SIZE"]))
+weights = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+results = []
+for rows in (11, 12, 2, 1):  # uneven shares, even ones, one row each, fewer rows than ranks
+    x = torch.arange(rows * 5, dtype=torch.float32).reshape(rows, 5)
+    seen = []
+    out = distributed.forward_shared(lambda xb: (seen.append(len(xb)), xb @ weights)[1], x, batch_size=4)
+    total = distributed.sum_over_ranks(distributed.share_of(x).sum(0, keepdim=True))
+    results.append((torch.equal(out, x @ weights), sum(seen), torch.equal(total, x.sum(0, keepdim=True))))
+print(os.environ["RANK"], results, flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_validation_is_shared_between_ranks_and_every_rank_gets_all_outputs_in_order(tmp_path):
+    """Each of 2 gloo processes computes its share of the rows; all outputs come back in order on both."""
+    script = tmp_path / "shared.py"
+    script.write_text(SHARED_EVALUATION)
+    env = {**_env(tmp_path / "tmp"), "WORLD_SIZE": "2", "PYTHONPATH": str(Path(distributed.__file__).parents[1])}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "rendezvous")], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    # Rows computed on each rank: 11 -> 6 and 5, 12 -> 6 and 6, 2 -> 1 and 1; 1 row (fewer than ranks): both.
+    expected = {"0": [(True, 6, True), (True, 6, True), (True, 1, True), (True, 1, True)],
+                "1": [(True, 5, True), (True, 6, True), (True, 1, True), (True, 1, True)]}
+    for out in outputs:
+        rank, results = out.strip().splitlines()[-1].split(" ", 1)
+        assert results == str(expected[rank]), out
+
+
+def test_an_autoencoders_validation_summed_over_two_ranks_is_the_whole_splits(tmp_path):
+    """Each rank sums its share of the validation split; the total is what one process scores on the weights."""
+    args = ("task=reconstruction", "model=vae", "dataset=digits", "trainer.device=cpu", "logger=none")
+    done = subprocess.run([DL_RUN, *args, "trainer.epochs=1", "trainer.progress=false", "trainer.devices=2",
+                           "hydra.run.dir=run"], cwd=tmp_path, env=_env(tmp_path / "tmp"), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    logged = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][-1]
+    exp = Experiment(compose_config(*args), tmp_path / "check")
+    exp.model.load_state_dict(checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")["model"])
+    scored = exp.task.evaluate(exp.model, exp.splits.x_val, exp.splits.y_val, exp.info, 4096, exp.prepare)
+    for key in ("loss", "reconstruction", "kl", "mse"):
+        assert abs(logged[f"val/{key}"] - scored[key]) <= 1e-5 * abs(scored[key]), key

@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 from datetime import timedelta
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 # torch is imported where it is used: the CLI imports this module, and `dl-run --help` must not wait for torch.
@@ -140,6 +141,44 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def forward_shared(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   batch_size: int) -> torch.Tensor:
+    """forward(batch) over the rows of x, every rank calling it together: each computes a contiguous share of
+    the outputs and all receive all of them, in order. Validation then costs each rank 1/world of the forward
+    passes; in a single process (or with fewer rows than ranks) it is the plain loop."""
+    import torch
+
+    if not launched() or len(x) < world_size():
+        return torch.cat([forward(xb) for xb in x.split(batch_size)])
+    import torch.distributed as dist
+
+    shares = x.tensor_split(world_size())  # sizes differ by at most one: the first ones are the longer
+    mine = torch.cat([forward(xb) for xb in shares[rank()].split(batch_size)]).float()  # gloo: no bf16
+    padded = mine.new_zeros((len(shares[0]), *mine.shape[1:]))
+    padded[:len(mine)] = mine
+    pieces = [torch.empty_like(padded) for _ in shares]
+    dist.all_gather(pieces, padded)
+    return torch.cat([piece[:len(share)] for piece, share in zip(pieces, shares)])
+
+
+def share_of(x: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous share of the rows of x, for work summed over ranks afterwards (sum_over_ranks)."""
+    if not launched() or len(x) < world_size():
+        return x if rank() == 0 or not launched() else x[:0]
+    return x.tensor_split(world_size())[rank()]
+
+
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The sum of a tensor over all ranks (the tensor itself in a single process)."""
+    if not launched():
+        return value
+    import torch.distributed as dist
+
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced
 
 
 def sync_buffers(model: nn.Module) -> None:

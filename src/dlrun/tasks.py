@@ -73,11 +73,17 @@ class Supervised:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: DataInfo, batch_size: int,
-                 prepare: Callable | None = None) -> dict[str, float]:
-        """Mean loss and the task's metrics over one split, in evaluation mode (no dropout, no augmentation)."""
+                 prepare: Callable | None = None, all_ranks: bool = False) -> dict[str, float]:
+        """Mean loss and the task's metrics over one split, in evaluation mode (no dropout, no augmentation).
+
+        all_ranks: every rank of a torchrun job calls this together (validation during training), and each
+        computes a share of the outputs; the metrics come out the same on every rank."""
         prepare = prepare or _as_is
         with evaluating(model):
-            outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
+            if all_ranks:
+                outputs = distributed.forward_shared(lambda xb: model(prepare(xb)), x, batch_size)
+            else:
+                outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
             metrics = {"loss": self.loss_fn(outputs.float(), y).item()}
             metrics.update(task_metrics(model, self.loss_fn, outputs, x, y, info, batch_size))
         return metrics
@@ -155,13 +161,15 @@ class Reconstruction(Supervised):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: DataInfo, batch_size: int,
-                 prepare: Callable | None = None) -> dict[str, float]:
-        """The loss (the negative ELBO for a VAE), MSE and, for images, PSNR in pixels of 0..1."""
+                 prepare: Callable | None = None, all_ranks: bool = False) -> dict[str, float]:
+        """The loss (the negative ELBO for a VAE), MSE and, for images, PSNR in pixels of 0..1; with all_ranks,
+        each rank of a torchrun job sums its share of the split and the sums are added up."""
         prepare = prepare or _as_is
         unstandardise = getattr(prepare, "unstandardise", _as_is)
-        totals: dict[str, float] = {}
+        names = ("loss", "reconstruction", "kl", "mse") if self.variational else ("loss", "mse")
+        totals = dict.fromkeys(names, 0.0)
         with evaluating(model):
-            for xb in x.split(batch_size):
+            for xb in (distributed.share_of(x) if all_ranks else x).split(batch_size):
                 target = prepare(xb)
                 output = model(target)
                 recon = (output.reconstruction if isinstance(output, VAEOutput) else output).float().reshape(
@@ -173,7 +181,10 @@ class Reconstruction(Supervised):
                     values = {"loss": self.loss_fn(recon, target).item()}
                 values["mse"] = nn.functional.mse_loss(unstandardise(recon), unstandardise(target)).item()
                 for k, v in values.items():
-                    totals[k] = totals.get(k, 0.0) + v * len(xb)
+                    totals[k] += v * len(xb)
+        if all_ranks:
+            totals = dict(zip(names, distributed.sum_over_ranks(torch.tensor(list(totals.values()),
+                                                                              dtype=torch.float64)).tolist()))
         metrics = {k: v / len(x) for k, v in totals.items()}
         if self.images:  # peak signal-to-noise ratio, pixels in 0..1: 10 log10(1 / MSE)
             metrics["psnr"] = 10 * math.log10(1.0 / max(metrics["mse"], 1e-12))
@@ -266,8 +277,9 @@ class Adversarial(Supervised):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: DataInfo, batch_size: int,
-                 prepare: Callable | None = None) -> dict[str, float]:
-        """Both losses and the discriminator's accuracy on the split's real images and as many fixed-noise fakes."""
+                 prepare: Callable | None = None, all_ranks: bool = False) -> dict[str, float]:
+        """Both losses and the discriminator's accuracy on the split's real images and as many fixed-noise fakes
+        (every rank scores the whole split: its fakes come from one noise sequence, which shares would cut)."""
         prepare = prepare or _as_is
         noise = torch.Generator().manual_seed(0)  # the same fakes at every evaluation
         totals = torch.zeros(4)

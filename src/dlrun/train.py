@@ -351,7 +351,7 @@ def fit(
         state.train_seconds += time.perf_counter() - started
         distributed.sync_buffers(model)  # every rank scores the same weights and statistics, so all decide alike
         train_terms = task.epoch_scalars()  # a task's own training terms (a VAE's KL, a GAN's generator loss)
-        val = task.evaluate(model, data.x_val, data.y_val, info, opts.eval_batch_size, prepare)
+        val = task.evaluate(model, data.x_val, data.y_val, info, opts.eval_batch_size, prepare, all_ranks=True)
         epoch_metrics = {"train/loss": train_loss, **train_terms, **{f"val/{k}": v for k, v in val.items()},
                          "lr": optimizer.param_groups[0]["lr"]}
         state.history.append({"epoch": state.epoch, "step": state.step, **epoch_metrics})
