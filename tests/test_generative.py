@@ -13,8 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_config
 from dlrun import checkpoint
+from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.logger import NullLogger
+from dlrun.models import MODELS
 from dlrun.run import Experiment, run
 from dlrun.train import fit
 
@@ -33,7 +35,8 @@ def _train(tmp_path: Path, *overrides: str, epochs: int = 3) -> tuple[Experiment
     ("model=conv_autoencoder",),
     ("model=conv_autoencoder", "model.upsampling=unpool", "model.noise=0.3", "model.latent_dim=16"),
     ("model=vae", "model.beta=0.1"),
-], ids=["mlp", "conv-transposed", "conv-unpool-denoising-dense-code", "vae"])
+    ("model=conv_vae", "model.beta=0.1"),
+], ids=["mlp", "conv-transposed", "conv-unpool-denoising-dense-code", "vae", "conv-vae"])
 def test_autoencoders_learn_to_reconstruct_the_clean_input(overrides, tmp_path):
     exp, history = _train(tmp_path, "task=reconstruction", "optimizer.lr=0.003", *overrides)
     chance, _, _ = exp.task.startup_check(exp.model, exp.prepare(exp.splits.x_train), exp.splits.y_train,
@@ -41,11 +44,22 @@ def test_autoencoders_learn_to_reconstruct_the_clean_input(overrides, tmp_path):
     losses = [h["val/loss"] for h in history]
     assert losses[-1] < losses[0] and losses[-1] < chance, (losses, chance)
     assert history[-1]["val/psnr"] > history[0]["val/psnr"]
-    if "model=vae" in overrides:  # the ELBO's two terms, each logged, make the loss: reconstruction + beta * KL
+    if overrides[0] in ("model=vae", "model=conv_vae"):  # the ELBO's two terms, each logged, make the loss: reconstruction + beta * KL
         last = history[-1]
         assert {"train/reconstruction", "train/kl", "val/reconstruction", "val/kl"} <= set(last)
         assert last["val/kl"] > 0
         assert last["val/loss"] == pytest.approx(last["val/reconstruction"] + 0.1 * last["val/kl"], rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 7, 9)])
+def test_a_conv_vae_decodes_any_code_to_the_input_shape(shape):
+    """Samples of the prior N(0, I) decode to images of the input's shape, odd sizes included (7 -> 3 -> 1 -> 7)."""
+    info = DataInfo(shape, "reconstruction", name="images")
+    vae = MODELS.build({"name": "conv_vae", "channels": [4, 8], "latent_dim": 3}, info=info, out_features=1)
+    assert vae.decode(torch.randn(5, 3)).shape == (5, *shape)
+    vae.train()
+    out = vae(torch.randn(2, *shape))
+    assert out.reconstruction.shape == (2, *shape) and out.mean.shape == out.log_var.shape == (2, 3)
 
 
 @pytest.mark.parametrize("overrides", [("model=mlp",), ("model=dcgan", "optimizer.lr=2e-4", "optimizer.rho1=0.5")],
@@ -136,6 +150,8 @@ def test_gan_resumed_between_epochs_ends_bitwise_identical(tmp_path, restores_de
 @pytest.mark.parametrize("overrides,key,words", [
     (("task=gan", "loss=cross_entropy"), "loss", "cannot train a GAN"),
     (("model=vae",), "model", "task=reconstruction"),
+    (("task=reconstruction", "model=conv_vae", "model.upsampling=unpool"), "model.upsampling", "sample of the prior"),
+    (("task=reconstruction", "model=conv_vae", "dataset=moons"), "model", "image inputs"),
     (("task=reconstruction", "model=conv_autoencoder", "dataset=moons"), "model", "image inputs"),
     (("task=gan", "model=cnn"), "model", "model=dcgan"),
     (("model=dcgan",), "model", "task=gan"),

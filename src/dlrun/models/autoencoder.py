@@ -206,3 +206,64 @@ def build_vae(info: DataInfo, hidden: list[int] = (256,), latent_dim: int = 8, a
     decoder = nn.Sequential(*_mlp([latent_dim, *hidden[::-1], info.input_dim], activation, negative_slope,
                                   batch_norm))
     return VAE(encoder, decoder, info.input_shape, latent_dim, beta, _noise_in_model_units(info, noise))
+
+
+class ConvDecoder(nn.Module):
+    """A code -> FC -> the last feature maps -> [UPSAMPLE -> ACT]*M -> CONV: a conv VAE's decoder, which must
+    work from any code (a sample of the prior too), so it has no encoder indices to unpool with."""
+
+    def __init__(self, latent_dim: int, out_channels: int, sizes: list[tuple[int, int]], channels: list[int],
+                 upsampling: str, activation: str, negative_slope: float, batch_norm: bool) -> None:
+        super().__init__()
+        self.code_shape = (channels[-1], *sizes[-1])
+        self.project = nn.Sequential(nn.Linear(latent_dim, channels[-1] * sizes[-1][0] * sizes[-1][1]),
+                                     make_activation(activation, negative_slope, 2))
+        self.sizes = sizes[-2::-1]  # the map size each upsampling restores (odd sizes come back exactly)
+        self.ups, self.acts = nn.ModuleList(), nn.ModuleList()
+        widths = list(channels[::-1]) + [channels[0]]
+        for c_from, c_to in zip(widths, widths[1:]):
+            self.ups.append(Upsample(upsampling, c_from, c_to))
+            self.acts.append(nn.Sequential(*([nn.BatchNorm2d(c_to)] if batch_norm else []),
+                                           make_activation(activation, negative_slope, 2)))
+        self.out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.project(z).reshape(len(z), *self.code_shape)
+        for up, act, size in zip(self.ups, self.acts, self.sizes):
+            h = act(up(h, None, size))
+        return self.out(h)
+
+
+@MODELS.register("conv_vae")
+def build_conv_vae(info: DataInfo, channels: list[int] = (32, 64), upsampling: str = "transposed",
+                   latent_dim: int = 16, activation: str = "relu", negative_slope: float = 0.1,
+                   batch_norm: bool = True, beta: float = 1.0, noise: float = 0.0) -> nn.Module:
+    """[CONV -> ACT -> MAXPOOL]*M -> FC -> (mean, log-variance) -> sampled code -> FC -> [UPSAMPLE -> ACT]*M -> CONV."""
+    refuse_other_tasks(info, "conv_vae")
+    in_channels, height, width = image_channels(info, "conv_vae")
+    check_upsampling(upsampling)
+    if upsampling == "unpool":
+        raise ConfigError("'model.upsampling=unpool' needs the encoder's max-pool indices, which a VAE's decoder "
+                          "does not have when it decodes a sample of the prior: use transposed, nearest or "
+                          "bilinear.", key="model.upsampling")
+    _check_common([1], latent_dim, noise)
+    if beta < 0:
+        raise ConfigError(f"'model.beta={beta}' must be 0 or more (1 = the ELBO; more weighs the KL term up).",
+                          key="model.beta")
+    if not channels or any(c < 1 for c in channels):
+        raise ConfigError(f"'model.channels={list(channels)}' must list positive kernel counts, one per stage, "
+                          f"e.g. [32, 64].", key="model.channels")
+    if min(height, width) >> len(channels) < 1:
+        raise ConfigError(f"'model.channels={list(channels)}' halves the {height}x{width} images {len(channels)} "
+                          f"times, to nothing: use at most {min(height, width).bit_length() - 1} stages.",
+                          key="model.channels")
+    sizes, layers, c_in = [(height, width)], [], in_channels
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, padding=1), *([nn.BatchNorm2d(c)] if batch_norm else []),
+                   make_activation(activation, negative_slope, 2), nn.MaxPool2d(2)]
+        sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+        c_in = c
+    encoder = nn.Sequential(*layers, Flatten(), nn.Linear(c_in * sizes[-1][0] * sizes[-1][1], 2 * latent_dim))
+    decoder = ConvDecoder(latent_dim, in_channels, sizes, list(channels), upsampling, activation, negative_slope,
+                          batch_norm)
+    return VAE(encoder, decoder, info.input_shape, latent_dim, beta, _noise_in_model_units(info, noise))
