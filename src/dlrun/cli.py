@@ -312,6 +312,7 @@ def main() -> None:
         sys.exit(130)
     finally:
         distributed.teardown()
+    distributed.end_worker()  # a rank other than 0 ends here (see why there)
     if not _sweep_dirs and SweepDirectory.path is not None:
         # The jobs ran in other processes (joblib, submitit): their results are read back from the sweep directory.
         from dlrun.sweep import read_jobs
