@@ -1,7 +1,10 @@
-"""The speed switches against the default, on one model: trainer.precision, trainer.compile, trainer.channels_last.
+"""The speed switches against the default, on one model: trainer.precision, trainer.compile, trainer.channels_last,
+trainer.onednn_linear.
 
     python scripts/benchmark_speed.py --device cuda --root /path/to/data          # experiment=mnist_cnn on a GPU
     python scripts/benchmark_speed.py --device cpu --dataset digits --variants 32 bf16   # a quick look on a CPU
+    python scripts/benchmark_speed.py --device cpu --root ../shared/data --variants torch_linear \
+        --extra model=mlp model.hidden=[256,128] trainer.batch_size=64 scheduler=none   # the CPU switches, an MLP
 
 Each variant builds the same experiment (same seed, same weights), trains one warm-up epoch (torch.compile
 compiles here; cuDNN picks its kernels) and then --epochs timed epochs, on fit's own clock (the steps, not
@@ -30,6 +33,9 @@ VARIANTS = {  # name: trainer overrides
     "bf16": ["trainer.precision=bf16"],
     "bf16+compile": ["trainer.precision=bf16", "trainer.compile=true"],
     "bf16+compile+channels_last": ["trainer.precision=bf16", "trainer.compile=true", "trainer.channels_last=true"],
+    # The CPU defaults turned off one at a time: `32` has them on where `auto` picks them.
+    "nchw": ["trainer.precision=32", "trainer.channels_last=false"],
+    "torch_linear": ["trainer.precision=32", "trainer.onednn_linear=false"],
 }
 
 
@@ -63,15 +69,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up one")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    parser.add_argument("--experiment", default="mnist_cnn", help="the preset; none = the default experiment")
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every variant, e.g. model=mlp")
     args = parser.parse_args()
     # trainer.epochs: the schedule (onecycle) is built for the warm-up epoch plus the timed ones.
-    base = ["experiment=mnist_cnn", f"trainer.device={args.device}", "trainer.progress=false", "logger=none",
+    preset = [] if args.experiment == "none" else [f"experiment={args.experiment}"]
+    base = [*preset, f"trainer.device={args.device}", "trainer.progress=false", "logger=none",
             f"trainer.epochs={1 + args.epochs}"]
     base += [f"dataset={args.dataset}"] if args.dataset else [f"dataset.root={args.root}"]
+    base += args.extra
     variants = ["32", *[v for v in args.variants if v != "32"]]  # the baseline always runs, first
     results = {name: measure(base + VARIANTS[name], args.epochs) for name in variants}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    print(f"experiment=mnist_cnn{' dataset=' + args.dataset if args.dataset else ''} on {device}, "
+    print(f"experiment={args.experiment}{' dataset=' + args.dataset if args.dataset else ''} {' '.join(args.extra)} on {device}, "
           f"torch {torch.__version__}, {args.epochs} timed epoch(s) after one warm-up epoch")
     print(f"{'variant':<28} {'s/epoch':>9} {'speedup':>8} {'warm-up s':>10} {'test acc':>9}")
     baseline = results["32"]["epoch_seconds"]
