@@ -47,6 +47,20 @@ def test_large_products_give_nn_linears_values_and_gradients(shape, bias):
 
 
 @needs_onednn
+def test_second_derivatives_match_nn_linears():
+    """A gradient penalty differentiates the gradient: that backward takes torch's differentiable product."""
+    plain, fast = twins(784, 256)
+    x = torch.randn(64, 784)
+    penalties = []
+    for layer in (plain, fast):
+        xi = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(torch.tanh(layer(xi)).sum(), xi, create_graph=True)
+        grad.pow(2).sum().backward()
+        penalties.append(layer.weight.grad)
+    torch.testing.assert_close(penalties[1], penalties[0], rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
 def test_an_input_without_gradient_gets_no_input_gradient_and_frozen_weights_none():
     plain, fast = twins(784, 256)
     fast.weight.requires_grad_(False)
@@ -61,6 +75,9 @@ def test_small_products_and_other_dtypes_are_torchs_own_linear_exactly():
     plain, fast = twins(64, 16)
     x = torch.randn(32, 64)  # 32 x 64 x 16 multiply-adds: below MIN_PRODUCT, oneDNN's fixed cost would not pay
     assert torch.equal(fast(x), plain(x))
+    wide_plain, wide_fast = twins(2048, 1024)
+    vector = torch.randn(2048)  # one sample without a batch dimension
+    assert torch.equal(wide_fast(vector), wide_plain(vector))
     assert torch.equal(fast.double()(x.double()), plain.double()(x.double()))
     big_plain, big_fast = twins(784, 256)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # trainer.precision=bf16: autocast's own bf16 product

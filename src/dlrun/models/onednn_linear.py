@@ -50,11 +50,14 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad2 = grad.reshape(-1, grad.shape[-1])
+        # Under create_graph (a gradient penalty, say) the gradients must be differentiable themselves: oneDNN's
+        # product has no derivative, torch's matmul has.
+        product = _product if not torch.is_grad_enabled() else lambda a, b, _: a @ b.t()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad @ weight
-            grad_x = _product(grad2, weight.t(), None).reshape(x.shape)
+            grad_x = product(grad2, weight.t(), None).reshape(x.shape)
         if ctx.needs_input_grad[1]:  # grad.T @ x
-            grad_w = _product(grad2.t(), x.reshape(-1, x.shape[-1]).t(), None)
+            grad_w = product(grad2.t(), x.reshape(-1, x.shape[-1]).t(), None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad2.sum(0)
         return grad_x, grad_w, grad_b
@@ -69,7 +72,8 @@ class OneDNNLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Exports (traced TorchScript, ONNX, torch.export) and torch.compile record torch's own operation.
         if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                or x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or x.device.type != "cpu" or x.dim() < 2 or x.dtype != torch.float32
+                or self.weight.dtype != torch.float32
                 or torch.is_autocast_enabled("cpu") or x.numel() * self.out_features < MIN_PRODUCT):
             return F.linear(x, self.weight, self.bias)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
