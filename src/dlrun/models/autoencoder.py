@@ -63,6 +63,23 @@ def _check_common(hidden: list[int], latent_dim: int, noise: float) -> None:
                           f"e.g. 0.3.", key="model.noise")
 
 
+def _check_stages(channels: list[int], height: int, width: int) -> None:
+    """Conv stages that each halve the image: positive kernel counts, and no more stages than the image has."""
+    if not channels or any(c < 1 for c in channels):
+        raise ConfigError(f"'model.channels={list(channels)}' must list positive kernel counts, one per stage, "
+                          f"e.g. [16, 32].", key="model.channels")
+    if min(height, width) >> len(channels) < 1:
+        raise ConfigError(f"'model.channels={list(channels)}' halves the {height}x{width} images {len(channels)} "
+                          f"times, to nothing: use at most {min(height, width).bit_length() - 1} stages.",
+                          key="model.channels")
+
+
+def _check_beta(beta: float) -> None:
+    if beta < 0:
+        raise ConfigError(f"'model.beta={beta}' must be 0 or more (1 = the ELBO; more weighs the KL term up).",
+                          key="model.beta")
+
+
 def _noise_in_model_units(info: DataInfo, noise: float) -> float:
     """Pixel units -> the units the model sees (uint8 images are standardised per channel before the model)."""
     if info.pixel_std is not None:
@@ -158,13 +175,7 @@ def build_conv_autoencoder(info: DataInfo, channels: list[int] = (16, 32), upsam
     in_channels, height, width = image_channels(info, "conv_autoencoder")
     check_upsampling(upsampling)
     _check_common([1], latent_dim or 1, noise)
-    if not channels or any(c < 1 for c in channels):
-        raise ConfigError(f"'model.channels={list(channels)}' must list positive kernel counts, one per stage, "
-                          f"e.g. [16, 32].", key="model.channels")
-    if min(height, width) >> len(channels) < 1:
-        raise ConfigError(f"'model.channels={list(channels)}' halves the {height}x{width} images {len(channels)} "
-                          f"times, to nothing: use at most {min(height, width).bit_length() - 1} stages.",
-                          key="model.channels")
+    _check_stages(channels, height, width)
     return ConvAutoencoder(in_channels, (height, width), list(channels), upsampling, latent_dim, activation,
                            negative_slope, batch_norm, _noise_in_model_units(info, noise))
 
@@ -198,9 +209,7 @@ def build_vae(info: DataInfo, hidden: list[int] = (256,), latent_dim: int = 8, a
     """MLP encoder -> 2 x latent_dim (mean, log-variance) -> sampled code -> MLP decoder -> the input's shape."""
     refuse_other_tasks(info, "vae")
     _check_common(hidden, latent_dim, noise)
-    if beta < 0:
-        raise ConfigError(f"'model.beta={beta}' must be 0 or more (1 = the ELBO; more weighs the KL term up).",
-                          key="model.beta")
+    _check_beta(beta)
     widths = [info.input_dim, *hidden]
     encoder = nn.Sequential(nn.Flatten(), *_mlp(widths + [2 * latent_dim], activation, negative_slope, batch_norm))
     decoder = nn.Sequential(*_mlp([latent_dim, *hidden[::-1], info.input_dim], activation, negative_slope,
@@ -247,16 +256,8 @@ def build_conv_vae(info: DataInfo, channels: list[int] = (32, 64), upsampling: s
                           "does not have when it decodes a sample of the prior: use transposed, nearest or "
                           "bilinear.", key="model.upsampling")
     _check_common([1], latent_dim, noise)
-    if beta < 0:
-        raise ConfigError(f"'model.beta={beta}' must be 0 or more (1 = the ELBO; more weighs the KL term up).",
-                          key="model.beta")
-    if not channels or any(c < 1 for c in channels):
-        raise ConfigError(f"'model.channels={list(channels)}' must list positive kernel counts, one per stage, "
-                          f"e.g. [32, 64].", key="model.channels")
-    if min(height, width) >> len(channels) < 1:
-        raise ConfigError(f"'model.channels={list(channels)}' halves the {height}x{width} images {len(channels)} "
-                          f"times, to nothing: use at most {min(height, width).bit_length() - 1} stages.",
-                          key="model.channels")
+    _check_beta(beta)
+    _check_stages(channels, height, width)
     sizes, layers, c_in = [(height, width)], [], in_channels
     for c in channels:
         layers += [nn.Conv2d(c_in, c, 3, padding=1), *([nn.BatchNorm2d(c)] if batch_norm else []),
