@@ -172,7 +172,7 @@ def build_conv_autoencoder(info: DataInfo, channels: list[int] = (16, 32), upsam
                            batch_norm: bool = False, noise: float = 0.0) -> nn.Module:
     """A convolutional encoder that halves the image per stage and a decoder that upsamples it back."""
     refuse_other_tasks(info, "conv_autoencoder")
-    in_channels, height, width = image_channels(info, "conv_autoencoder")
+    in_channels, height, width = image_channels(info, "conv_autoencoder", "model=autoencoder")
     check_upsampling(upsampling)
     _check_common([1], latent_dim or 1, noise)
     _check_stages(channels, height, width)
@@ -249,7 +249,7 @@ def build_conv_vae(info: DataInfo, channels: list[int] = (32, 64), upsampling: s
                    batch_norm: bool = True, beta: float = 1.0, noise: float = 0.0) -> nn.Module:
     """[CONV -> ACT -> MAXPOOL]*M -> FC -> (mean, log-variance) -> sampled code -> FC -> [UPSAMPLE -> ACT]*M -> CONV."""
     refuse_other_tasks(info, "conv_vae")
-    in_channels, height, width = image_channels(info, "conv_vae")
+    in_channels, height, width = image_channels(info, "conv_vae", "model=vae")
     check_upsampling(upsampling)
     if upsampling == "unpool":
         raise ConfigError("'model.upsampling=unpool' needs the encoder's max-pool indices, which a VAE's decoder "

@@ -16,11 +16,12 @@ from dlrun.models.registry import MODELS
 POOLS = ("max", "avg", "none")
 
 
-def image_channels(info: DataInfo, model: str) -> tuple[int, int, int]:
-    """(channels, height, width) of the dataset's images, or a ConfigError for non-image inputs."""
+def image_channels(info: DataInfo, model: str, instead: str = "model=mlp") -> tuple[int, int, int]:
+    """(channels, height, width) of the dataset's images, or a ConfigError for non-image inputs that names
+    `instead`, the model of the same family that takes flat inputs."""
     if len(info.input_shape) != 3:
         raise ConfigError(f"'model={model}' needs image inputs (channels, height, width), but dataset "
-                          f"'{info.name}' gives inputs of shape {tuple(info.input_shape)}. Use model=mlp, or an "
+                          f"'{info.name}' gives inputs of shape {tuple(info.input_shape)}. Use {instead}, or an "
                           f"image dataset (digits, mnist, fashion_mnist, cifar10, shapes, image_folder).", key="model")
     return tuple(info.input_shape)  # type: ignore[return-value]
 
