@@ -108,7 +108,7 @@ def build_dcgan(info: DataInfo, latent_dim: int = 32, channels: list[int] = (64,
     """DCGAN (Radford et al. 2015): z -> FC -> [UPSAMPLE -> BN -> ReLU]*M -> CONV -> image;
     discriminator: [CONV stride 2 -> LeakyReLU]*M -> FC -> 1 logit (strided convolutions, no pooling)."""
     refuse_other_tasks(info, "dcgan")
-    in_channels, height, width = image_channels(info, "dcgan", "model=mlp (an MLP GAN)")
+    in_channels, height, width = image_channels(info, "dcgan", "model=gan (MLPs)")
     check_upsampling(upsampling)
     if upsampling == "unpool":
         raise ConfigError("'model.upsampling=unpool' needs an encoder's pooling indices; a generator starts from "
