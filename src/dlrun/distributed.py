@@ -181,8 +181,10 @@ def forward_shared(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
 
 def share_of(x: torch.Tensor) -> torch.Tensor:
     """This rank's contiguous share of the rows of x, for work summed over ranks afterwards (sum_over_ranks)."""
-    if not launched() or len(x) < world_size():
-        return x if rank() == 0 or not launched() else x[:0]
+    if not launched():
+        return x
+    if len(x) < world_size():
+        return x if is_main() else x[:0]  # too few rows to share: rank 0 takes them all
     return x.tensor_split(world_size())[rank()]
 
 

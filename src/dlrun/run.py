@@ -31,10 +31,10 @@ from dlrun.init import INITS, apply_init
 from dlrun.interrupt import StopOnSignal
 from dlrun.logger import LOGGERS
 from dlrun.memory import keep_freed_memory
-from dlrun.models.onednn_linear import use_onednn_linear
 from dlrun.losses import output_layer
 from dlrun import modes as serve_modes
 from dlrun.models import MODELS
+from dlrun.models.onednn_linear import use_onednn_linear
 from dlrun.models.transfer import has_pretrained_weights, optimizer_parameters
 from dlrun.optim import OPTIMIZERS, SCHEDULERS
 from dlrun.reference import least_squares

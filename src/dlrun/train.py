@@ -89,12 +89,10 @@ class TrainerOptions:
         if str(self.precision) not in PRECISIONS:
             raise ConfigError(f"'trainer.precision={self.precision}' is not a precision dl-run knows; valid: "
                               f"{', '.join(PRECISIONS)}.", key="trainer.precision")
-        if self.channels_last not in (True, False, "auto"):
-            raise ConfigError(f"'trainer.channels_last={self.channels_last}' must be true, false or auto.",
-                              key="trainer.channels_last")
-        if self.onednn_linear not in (True, False, "auto"):
-            raise ConfigError(f"'trainer.onednn_linear={self.onednn_linear}' must be true, false or auto.",
-                              key="trainer.onednn_linear")
+        for switch in ("channels_last", "onednn_linear"):
+            if getattr(self, switch) not in (True, False, "auto"):
+                raise ConfigError(f"'trainer.{switch}={getattr(self, switch)}' must be true, false or auto.",
+                                  key=f"trainer.{switch}")
         if self.devices < 1:
             raise ConfigError(f"'trainer.devices={self.devices}' must be a positive integer (processes that train "
                               f"together).", key="trainer.devices")

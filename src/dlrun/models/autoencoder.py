@@ -124,6 +124,18 @@ def build_autoencoder(info: DataInfo, hidden: list[int] = (128,), latent_dim: in
     return Autoencoder(encoder, decoder, info.input_shape, _noise_in_model_units(info, noise))
 
 
+def _upsampling_stages(channels: list[int], upsampling: str, activation: str, negative_slope: float,
+                       batch_norm: bool) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """A conv decoder's stages, mirroring the encoder's channels: the upsamplings and the (BN ->) ACT after each."""
+    ups, acts = nn.ModuleList(), nn.ModuleList()
+    widths = list(channels[::-1]) + [channels[0]]
+    for c_from, c_to in zip(widths, widths[1:]):
+        ups.append(Upsample(upsampling, c_from, c_to))
+        acts.append(nn.Sequential(*([nn.BatchNorm2d(c_to)] if batch_norm else []),
+                                  make_activation(activation, negative_slope, 2)))
+    return ups, acts
+
+
 class ConvAutoencoder(nn.Module):
     """[CONV -> ACT -> POOL]*M -> (FC code) -> [UPSAMPLE -> ACT]*M -> CONV; unpooling uses the encoder's indices."""
 
@@ -146,12 +158,7 @@ class ConvAutoencoder(nn.Module):
         # An optional dense bottleneck: a code of latent_dim numbers instead of the last feature maps.
         self.code = (nn.Sequential(Flatten(), nn.Linear(flat, latent_dim), nn.Linear(latent_dim, flat),
                                    make_activation(activation, negative_slope, 2)) if latent_dim else None)
-        self.ups, self.decode_acts = nn.ModuleList(), nn.ModuleList()
-        widths = list(channels[::-1]) + [channels[0]]
-        for c_from, c_to in zip(widths, widths[1:]):
-            self.ups.append(Upsample(upsampling, c_from, c_to))
-            self.decode_acts.append(nn.Sequential(*([nn.BatchNorm2d(c_to)] if batch_norm else []),
-                                                  make_activation(activation, negative_slope, 2)))
+        self.ups, self.decode_acts = _upsampling_stages(channels, upsampling, activation, negative_slope, batch_norm)
         self.out = nn.Conv2d(channels[0], in_channels, 3, padding=1)  # linear: the target is the standardised input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,12 +235,7 @@ class ConvDecoder(nn.Module):
         self.project = nn.Sequential(nn.Linear(latent_dim, channels[-1] * sizes[-1][0] * sizes[-1][1]),
                                      make_activation(activation, negative_slope, 2))
         self.sizes = sizes[-2::-1]  # the map size each upsampling restores (odd sizes come back exactly)
-        self.ups, self.acts = nn.ModuleList(), nn.ModuleList()
-        widths = list(channels[::-1]) + [channels[0]]
-        for c_from, c_to in zip(widths, widths[1:]):
-            self.ups.append(Upsample(upsampling, c_from, c_to))
-            self.acts.append(nn.Sequential(*([nn.BatchNorm2d(c_to)] if batch_norm else []),
-                                           make_activation(activation, negative_slope, 2)))
+        self.ups, self.acts = _upsampling_stages(channels, upsampling, activation, negative_slope, batch_norm)
         self.out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -70,11 +70,13 @@ class OneDNNLinear(nn.Linear):
         return "Linear"  # model summaries and printouts show the layer the user configured
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Exports (traced TorchScript, ONNX, torch.export) and torch.compile record torch's own operation.
-        if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                or x.device.type != "cpu" or x.dim() < 2 or x.dtype != torch.float32
-                or self.weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or x.numel() * self.out_features < MIN_PRODUCT):
+        # Exports (traced TorchScript, ONNX, torch.export) and torch.compile record torch's own operation; they
+        # are tested first, since a size test would be traced (a guard on a free batch size). Then small products,
+        # the common case on this per-step path, before the rarer tests.
+        if (torch.jit.is_tracing() or torch.compiler.is_compiling() or x.numel() * self.out_features < MIN_PRODUCT
+                or x.device.type != "cpu" or x.dim() < 2
+                or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu")):
             return F.linear(x, self.weight, self.bias)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
                                         or (self.bias is not None and self.bias.requires_grad)):
