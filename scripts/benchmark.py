@@ -65,13 +65,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from rich.console import Console
 
-import dlrun.run as dlrun_run
-from dlrun import console
+import dlrun.run.experiment as dlrun_run
+from dlrun.views import console
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.logger import LOGGERS
 from dlrun.models import MODELS
-from dlrun.run import Experiment
-from dlrun.train import fit, resolve_threads
+from dlrun.run.experiment import Experiment
+from dlrun.engine.trainer import fit, resolve_threads
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("overhead", "framework", "startup", "logging", "memory", "sweep", "streaming")

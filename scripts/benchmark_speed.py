@@ -25,8 +25,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from dlrun.logger import NullLogger
-from dlrun.run import Experiment
-from dlrun.train import TrainState, evaluate, fit
+from dlrun.run.experiment import Experiment
+from dlrun.engine.trainer import TrainState, evaluate, fit
 
 VARIANTS = {  # name: trainer overrides
     "32": ["trainer.precision=32"],

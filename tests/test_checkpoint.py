@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from dlrun import checkpoint
+from dlrun.engine import checkpoint
 from dlrun.errors import ConfigError
-from dlrun.run import run
+from dlrun.run.experiment import run
 
 IRIS = ("dataset=iris", "model.hidden=[8]", "model.dropout=0.2", "trainer.deterministic=true", "trainer.batch_size=16")
 
@@ -127,7 +127,7 @@ class _NaNGradient(torch.nn.Module):
 
 def nan_gradient_loss(info):
     """A user's `_target_` loss for the test below."""
-    from dlrun.losses import Loss
+    from dlrun.components.losses import Loss
 
     return Loss(_NaNGradient(), "nan_gradient", info.target_dim)
 

@@ -197,7 +197,7 @@ def test_runs_from_any_directory(dl_run, tmp_path):
 
 
 def test_list_shows_every_option_of_every_group(dl_run):
-    from dlrun.preflight import config_options
+    from dlrun.run.preflight import config_options
 
     result = dl_run("--list")
     assert result.code == 0

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from dlrun.activations import ACTIVATIONS
+from dlrun.components.activations import ACTIVATIONS
 from dlrun.data import DATASETS
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
-from dlrun.init import INITS, apply_init, fan_in
-from dlrun.losses import LOSSES
+from dlrun.components.init import INITS, apply_init, fan_in
+from dlrun.components.losses import LOSSES
 from dlrun.models import MODELS
-from dlrun.summary import summarize
+from dlrun.diagnostics.summary import summarize
 
 # Datasets that read the user's files (a path or a root folder) have their own tests with tiny fixtures.
 BUILT_IN = [n for n in DATASETS.names() if not {"path", "root"} & set(inspect.signature(DATASETS.get(n)).parameters)]

@@ -13,8 +13,8 @@ import torchvision
 from conftest import compose_config
 from dlrun.data import DATASETS
 from dlrun.errors import ConfigError
-from dlrun.run import Experiment
-from dlrun.tasks import INPUT_TASKS
+from dlrun.run.experiment import Experiment
+from dlrun.tasks.base import INPUT_TASKS
 from image_fixtures import write_cifar10, write_image_folder, write_mnist
 from series_fixtures import write_series_csv
 

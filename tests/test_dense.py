@@ -13,11 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import compose_config
 from dlrun.cli import task_arguments
 from dlrun.data.shapes import draw_scenes
-from dlrun.detection import (YoloLoss, average_precision, decode, detection_metrics, encode_targets,
+from dlrun.tasks.detection import (YoloLoss, average_precision, decode, detection_metrics, encode_targets,
                              mean_average_precision)
 from dlrun.errors import ConfigError
-from dlrun.run import Experiment, run
-from dlrun.segmentation import segmentation_metrics
+from dlrun.run.experiment import Experiment, run
+from dlrun.tasks.segmentation import segmentation_metrics
 
 QUIET = ("trainer.progress=false", "trainer.device=cpu", "logger.gradients_every_n_steps=0")
 FAST = (*QUIET, "dataset.n_samples=64", "trainer.batch_size=16")

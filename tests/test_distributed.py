@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from conftest import DL_RUN, compose_config
-from dlrun import checkpoint, distributed
-from dlrun.run import Experiment
+from dlrun.engine import checkpoint, distributed
+from dlrun.run.experiment import Experiment
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 # 1168 training digits in global batches of 32: 36 batches of 16 per rank and a last one of 8 per rank.
@@ -124,7 +124,7 @@ SHARED_EVALUATION = '''
 import os, sys
 import torch
 import torch.distributed as dist
-from dlrun import distributed
+from dlrun.engine import distributed
 
 dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=int(os.environ["RANK"]),
                         world_size=int(os.environ["WORLD_SIZE"]))

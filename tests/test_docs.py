@@ -26,10 +26,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from dlrun import cli, preflight
+from dlrun import cli
+from dlrun.run import preflight
 from dlrun.errors import ConfigError
-from dlrun.modes import read_inputs
-from dlrun.run import Experiment
+from dlrun.modes.serve import read_inputs
+from dlrun.run.experiment import Experiment
 from image_fixtures import write_cifar10, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]

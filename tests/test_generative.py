@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import compose_config
-from dlrun import checkpoint
+from dlrun.engine import checkpoint
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.logger import NullLogger
 from dlrun.models import MODELS
-from dlrun.run import Experiment, run
-from dlrun.train import fit
+from dlrun.run.experiment import Experiment, run
+from dlrun.engine.trainer import fit
 
 FAST = ("trainer.device=cpu", "trainer.progress=false", "trainer.batch_size=64", "dataset=digits")
 

@@ -10,18 +10,18 @@ import torch
 import torchvision
 from torch import nn
 
-from dlrun.augment import AUGMENTATIONS, Crop, Flip
+from dlrun.components.augment import AUGMENTATIONS, Crop, Flip
 from dlrun.data import DATASETS
 from dlrun.data.base import DataInfo
 from dlrun.data.prepare import Prepare
 from dlrun.data.shapes import draw_shapes
 from dlrun.errors import ConfigError
-from dlrun.losses import LOSSES
+from dlrun.components.losses import LOSSES
 from dlrun.models import MODELS
 from dlrun.models.geometry import conv_output_size, predicted_size
 from dlrun.models.resnet import ResidualBlock
-from dlrun.summary import summarize
-from dlrun.train import evaluate
+from dlrun.diagnostics.summary import summarize
+from dlrun.engine.trainer import evaluate
 from image_fixtures import digit_images, write_cifar10, write_image_folder, write_mnist
 
 MNIST_LIKE = DataInfo(input_shape=(1, 28, 28), task="classification", num_classes=10, name="mnist")

@@ -8,7 +8,7 @@ import pytest
 
 from omegaconf import OmegaConf
 
-from dlrun import preflight
+from dlrun.run import preflight
 from dlrun.cli import SweepDirectory
 from dlrun.errors import ConfigError
 

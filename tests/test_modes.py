@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 from dlrun.data.base import split_indices
 from dlrun.errors import ConfigError
-from dlrun.run import run
+from dlrun.run.experiment import run
 
 TINY = ("trainer.progress=false", "model.hidden=[16]", "logger=none", "trainer.threads=1")
 
@@ -110,7 +110,7 @@ def test_export_writes_a_file_that_gives_the_models_outputs(houses, fmt):
     assert result["max_abs_difference"] < 1e-4
     # Run the file here too, on a batch of another size than the export's check used.
     inputs = torch.randn(3, 3)
-    from dlrun.run import Experiment
+    from dlrun.run.experiment import Experiment
 
     exp = Experiment(compose_config(*houses["args"]), run_dir)
     exp.model.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"])
@@ -147,7 +147,7 @@ def digits_run(tmp_path_factory) -> dict:
 def test_predict_on_images_and_arrays_names_classes_with_probabilities(digits_run):
     from PIL import Image
 
-    from dlrun.run import build_data
+    from dlrun.run.experiment import build_data
 
     root, run_dir = digits_run["root"], digits_run["run_dir"]
     splits = build_data(compose_config(*digits_run["args"])["dataset"], seed=0).splits  # as the runner builds it

@@ -8,11 +8,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import compose_config
-from dlrun import checkpoint
+from dlrun.engine import checkpoint
 from dlrun.errors import ConfigError
 from dlrun.models import onednn_linear
 from dlrun.models.onednn_linear import MIN_PRODUCT, OneDNNLinear, use_onednn_linear
-from dlrun.run import Experiment, run
+from dlrun.run.experiment import Experiment, run
 
 needs_onednn = pytest.mark.skipif(not onednn_linear.onednn_available(), reason="torch built without oneDNN")
 

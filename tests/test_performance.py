@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dlrun.data import reuse
 from dlrun.logger import TensorBoardLogger
-from dlrun.run import build_data, seed_everything
+from dlrun.run.experiment import build_data, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 

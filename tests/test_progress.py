@@ -9,7 +9,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from dlrun import console
+from dlrun.views import console
 
 
 def text(screen: io.StringIO) -> str:

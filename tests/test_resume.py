@@ -23,7 +23,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import DL_RUN
-from dlrun import checkpoint
+from dlrun.engine import checkpoint
 
 STEPS_PER_EPOCH, EPOCHS, LOG_EVERY = 13, 5, 3  # digits: 1,168 training images in batches of 96
 # Dropout draws from torch's RNG every step and the scheduler changes the rate every step: a resume that

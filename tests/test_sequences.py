@@ -18,12 +18,12 @@ from image_fixtures import write_mnist
 from series_fixtures import write_series_csv
 from dlrun.data import DATASETS
 from dlrun.data.timeseries import make_windows, window_starts
-from dlrun.decoding import greedy_decode, to_text
+from dlrun.models.decoding import greedy_decode, to_text
 from dlrun.errors import ConfigError
-from dlrun.init import INITS, apply_init
-from dlrun.metrics import forecast_baselines
+from dlrun.components.init import INITS, apply_init
+from dlrun.tasks.metrics import forecast_baselines
 from dlrun.models import MODELS
-from dlrun.run import run
+from dlrun.run.experiment import run
 
 SEQUENCE_MODELS = ["rnn", "lstm", "gru", "tcn", "transformer"]
 SMALL = {  # narrow versions of each model, so that a few steps take little time

@@ -8,10 +8,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from dlrun import checkpoint
+from dlrun.engine import checkpoint
 from dlrun.cli import resume_arguments
 from dlrun.errors import ConfigError
-from dlrun.run import Experiment, run
+from dlrun.run.experiment import Experiment, run
 
 TINY = ("trainer.epochs=2", "model.hidden=[16]", "trainer.progress=false", "trainer.device=cpu", "logger=none")
 

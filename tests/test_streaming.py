@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import compose_config
-from dlrun import checkpoint
-from dlrun.batches import StreamedBatches, batch_source
+from dlrun.engine import checkpoint
+from dlrun.engine.batches import StreamedBatches, batch_source
 from dlrun.data.stream import StreamedImages
 from dlrun.errors import ConfigError
-from dlrun.interrupt import Interrupted, StopOnSignal
+from dlrun.engine.signals import Interrupted, StopOnSignal
 from dlrun.logger import NullLogger
-from dlrun.run import Experiment
-from dlrun.train import fit, restore
+from dlrun.run.experiment import Experiment
+from dlrun.engine.trainer import fit, restore
 from image_fixtures import write_image_folder
 
 

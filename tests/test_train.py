@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from dlrun import checkpoint
-from dlrun.run import run
+from dlrun.engine import checkpoint
+from dlrun.run.experiment import run
 
 
 def train(tmp_path, *overrides: str) -> dict:
@@ -124,7 +124,7 @@ def test_vanishing_gradients_are_reported_for_deep_sigmoid_not_for_relu_he(tmp_p
 def test_threads_auto_leaves_busy_cores_alone_and_a_number_is_taken_as_given(monkeypatch):
     import os
 
-    from dlrun.train import resolve_threads
+    from dlrun.engine.trainer import resolve_threads
 
     cores = len(os.sched_getaffinity(0))
     assert resolve_threads(3, deterministic=False) == 3
@@ -140,7 +140,7 @@ def test_freed_memory_is_kept_for_reuse_instead_of_faulting_in_fresh_pages():
     import resource
     import sys
 
-    from dlrun.memory import keep_freed_memory
+    from dlrun.engine.memory import keep_freed_memory
 
     if not sys.platform.startswith("linux") or not keep_freed_memory():
         pytest.skip("glibc's mallopt only")

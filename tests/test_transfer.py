@@ -10,8 +10,8 @@ import torchvision
 from conftest import compose_config
 from dlrun.errors import ConfigError
 from dlrun.logger import NullLogger
-from dlrun.run import Experiment, build_data
-from dlrun.train import fit
+from dlrun.run.experiment import Experiment, build_data
+from dlrun.engine.trainer import fit
 
 BACKBONE = "model.backbone={name:cnn,channels:[8,8],hidden:[],batch_norm:true}"
 QUIET = ("trainer.progress=false", "trainer.device=cpu", "logger=none")

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from dlrun import console
+from dlrun.views import console
 
 
 def newest_run(root: Path) -> Path | None:

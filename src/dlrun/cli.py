@@ -19,9 +19,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import console, distributed, preflight
+from dlrun.views import console
+from dlrun.engine import distributed
+from dlrun.run import preflight
 from dlrun.errors import ConfigError
-from dlrun.interrupt import Interrupted
+from dlrun.engine.signals import Interrupted
 
 # What each job of this process ended with; a multirun keeps going past a bad job and reports at the end.
 _jobs: list = []  # sweep.JobResult, one per job
@@ -54,8 +56,8 @@ class SweepDirectory(Callback):
 
 @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> float | None:
-    from dlrun.run import remove_unfinished, run  # imported here so `dl-run --help` stays fast
-    from dlrun.sweep import JobResult
+    from dlrun.run.experiment import remove_unfinished, run  # imported here so `dl-run --help` stays fast
+    from dlrun.run.sweep import JobResult
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -128,7 +130,7 @@ def _train(cfg: DictConfig) -> float | None:
 
 def _check_direction(hydra_cfg: DictConfig, monitor: str) -> None:
     """An Optuna search must minimise a loss and maximise an accuracy, or it looks for the worst trial."""
-    from dlrun.metrics import monitor_mode
+    from dlrun.tasks.metrics import monitor_mode
 
     direction = hydra_cfg.sweeper.get("direction")
     wanted = {"min": "minimize", "max": "maximize"}[monitor_mode(monitor)]
@@ -219,7 +221,7 @@ def refuse_existing_run(args: list[str]) -> None:
 
 def report_sweep(sweep_dir: Path) -> None:
     """The sweep table in the terminal, and summary.csv, summary.md and val_curves.png beside the jobs."""
-    from dlrun import sweep
+    from dlrun.run import sweep
 
     failed = sum(job.status == "failed" for job in _jobs)
     table = sweep.rows(_jobs)
@@ -315,7 +317,7 @@ def main() -> None:
     distributed.end_worker()  # a rank other than 0 ends here (see why there)
     if not _sweep_dirs and SweepDirectory.path is not None:
         # The jobs ran in other processes (joblib, submitit): their results are read back from the sweep directory.
-        from dlrun.sweep import read_jobs
+        from dlrun.run.sweep import read_jobs
 
         jobs, crashed = read_jobs(Path(SweepDirectory.path), QUIET_KEYS)
         _jobs.extend(jobs)

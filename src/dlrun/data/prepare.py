@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dlrun.augment import Augment
+from dlrun.components.augment import Augment
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlrun.evaluating import evaluating
+from dlrun.engine.evaluating import evaluating
 
 
 def last_conv(model: nn.Module) -> nn.Conv2d | None:
@@ -91,7 +91,7 @@ def feature_maps_grid(model: nn.Module, image: torch.Tensor, limit: int = 16) ->
 def grad_cam_figure(images: torch.Tensor, cam_predicted: torch.Tensor, cam_true: torch.Tensor,
                     predicted: torch.Tensor, true: torch.Tensor, class_names: list[str]):
     """Rows: image, Grad-CAM for the predicted class, Grad-CAM for the true class."""
-    from dlrun.figures import _pyplot
+    from dlrun.views.figures import _pyplot
 
     plt = _pyplot()
     n = len(images)

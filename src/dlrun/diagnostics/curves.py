@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dlrun.losses import Loss
+from dlrun.components.losses import Loss
 
 
 @dataclass

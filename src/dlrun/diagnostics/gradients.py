@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlrun.activations import Maxout, Step
-from dlrun.init import LAYERS_WITH_WEIGHTS
+from dlrun.components.activations import Maxout, Step
+from dlrun.components.init import LAYERS_WITH_WEIGHTS
 
 ACTIVATION_TYPES = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, Maxout, Step)
 # First-layer gradient norm below this fraction of the last layer's: the gradient has vanished on its way back.

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dlrun.errors import ConfigError
-from dlrun.losses import Loss
+from dlrun.components.losses import Loss
 
 
 @dataclass

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from dlrun.evaluating import evaluating
-from dlrun.losses import Loss
+from dlrun.engine.evaluating import evaluating
+from dlrun.components.losses import Loss
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from dlrun.activations import ACTIVATIONS, activation_width_factor
+from dlrun.components.activations import ACTIVATIONS, activation_width_factor
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.flatten import Flatten

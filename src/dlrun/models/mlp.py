@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dlrun.activations import ACTIVATIONS, activation_width_factor
+from dlrun.components.activations import ACTIVATIONS, activation_width_factor
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.registry import MODELS

@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dlrun import checkpoint
+from dlrun.engine import checkpoint
 from dlrun.data.base import DataInfo, Dataset
 from dlrun.errors import ConfigError
 from dlrun.models.registry import MODELS
@@ -206,9 +206,9 @@ def pretrain(backbone: dict[str, Any], classes: list[int], epochs: int, lr: floa
     """Train `backbone` on `classes` of the dataset, once: the run directory is kept and reused by its settings."""
     from dlrun.data.prepare import Prepare
     from dlrun.logger import NullLogger
-    from dlrun.losses import LOSSES
-    from dlrun.optim import OPTIMIZERS, Schedule
-    from dlrun.train import TrainerOptions, fit, resolve_device
+    from dlrun.components.losses import LOSSES
+    from dlrun.components.optim import OPTIMIZERS, Schedule
+    from dlrun.engine.trainer import TrainerOptions, fit, resolve_device
 
     data = load_classes(list(classes))
     key = json.dumps({"backbone": backbone, "classes": list(classes), "epochs": epochs, "lr": lr, "seed": seed,

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dlrun import checkpoint, console
+from dlrun.engine import checkpoint
+from dlrun.views import console
 from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dlrun.run import Experiment
+    from dlrun.run.experiment import Experiment
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy", ".pt")

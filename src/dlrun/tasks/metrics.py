@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo, SequenceInfo
-from dlrun.decoding import greedy_decode
-from dlrun.detection import detection_metrics
-from dlrun.losses import Loss
-from dlrun.segmentation import segmentation_metrics
+from dlrun.models.decoding import greedy_decode
+from dlrun.tasks.detection import detection_metrics
+from dlrun.components.losses import Loss
+from dlrun.tasks.segmentation import segmentation_metrics
 
 
 def classification_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

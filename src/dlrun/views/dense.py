@@ -10,17 +10,17 @@ from torch import nn
 
 from dlrun.data.base import DataInfo
 from dlrun.data.prepare import Prepare
-from dlrun.detection import draw_detections
+from dlrun.tasks.detection import draw_detections
 from dlrun.errors import ConfigError
-from dlrun.evaluating import evaluating
-from dlrun.segmentation import draw_masks
+from dlrun.engine.evaluating import evaluating
+from dlrun.tasks.segmentation import draw_masks
 
 EXAMPLES = 8  # validation images drawn each epoch
 
 
 def refuse_moving_augmentation(augment: Any, info: DataInfo) -> None:
     """Flips, rotations and crops move an image's pixels but not its masks or boxes: refuse them for these tasks."""
-    from dlrun.augment import Compose, Crop, Flip, Rotate
+    from dlrun.components.augment import Compose, Crop, Flip, Rotate
 
     steps = augment.steps if isinstance(augment, Compose) else [augment]
     moving = [s for s in steps if isinstance(s, (Crop, Flip, Rotate))]

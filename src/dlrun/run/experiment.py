@@ -16,33 +16,34 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dlrun import checkpoint, console, distributed, generative_views
-from dlrun.augment import AUGMENTATIONS
+from dlrun.engine import checkpoint, distributed
+from dlrun.views import console, generative as generative_views
+from dlrun.components.augment import AUGMENTATIONS
 from dlrun.data import DATASETS, Splits, reuse
 from dlrun.data.base import TASKS, Dataset, keep_subset
 from dlrun.data.prepare import Prepare
-from dlrun.dense_views import dense_view, refuse_moving_augmentation
+from dlrun.views.dense import dense_view, refuse_moving_augmentation
 from dlrun.diagnostics.cnn import last_conv
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary
 from dlrun.errors import ConfigError
-from dlrun.evaluating import evaluating
-from dlrun.init import INITS, apply_init
-from dlrun.interrupt import StopOnSignal
+from dlrun.engine.evaluating import evaluating
+from dlrun.components.init import INITS, apply_init
+from dlrun.engine.signals import StopOnSignal
 from dlrun.logger import LOGGERS
-from dlrun.memory import keep_freed_memory
-from dlrun.losses import output_layer
-from dlrun import modes as serve_modes
+from dlrun.engine.memory import keep_freed_memory
+from dlrun.components.losses import output_layer
+from dlrun.modes import serve as serve_modes
 from dlrun.models import MODELS
 from dlrun.models.onednn_linear import use_onednn_linear
 from dlrun.models.transfer import has_pretrained_weights, optimizer_parameters
-from dlrun.optim import OPTIMIZERS, SCHEDULERS
-from dlrun.reference import least_squares
+from dlrun.components.optim import OPTIMIZERS, SCHEDULERS
+from dlrun.diagnostics.reference import least_squares
 from dlrun.registry import check_arguments
-from dlrun.sequence_views import epoch_view
-from dlrun.summary import summarize
-from dlrun.tasks import INPUT_TASKS, build_loss, build_task, main_parameters, model_config, task_info
-from dlrun.train import (TrainerOptions, TrainState, autocast_for, fit, resolve_device, resolve_threads,
+from dlrun.views.sequence import epoch_view
+from dlrun.diagnostics.summary import summarize
+from dlrun.tasks.base import INPUT_TASKS, build_loss, build_task, main_parameters, model_config, task_info
+from dlrun.engine.trainer import (TrainerOptions, TrainState, autocast_for, fit, resolve_device, resolve_threads,
                          restore, use_channels_last)
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
@@ -320,7 +321,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
                               title="closed-form least squares on the same features (course 1 §5.1)")
     console.verdict_panel(verdict)
     if state.history:
-        from dlrun import figures
+        from dlrun.views import figures
 
         figures.save(figures.run_curves_figure(state.history, exp.task.main_metric,
                                                f"{exp.info.name}: curves {verdict.case}"),
@@ -372,7 +373,7 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, 
 @torch.no_grad()
 def log_test_figures(exp: Experiment, logger: Any, step: int) -> dict[str, float] | None:
     """Confusion matrix and per-class accuracy (classification) or predicted-vs-true (regression), on test."""
-    from dlrun import figures
+    from dlrun.views import figures
 
     if exp.info.task in ("seq2seq", "segmentation", "detection", "gan"):
         return None  # no single value or class per sample to plot; the epoch views show examples or samples
@@ -445,7 +446,7 @@ def log_cnn_views(exp: Experiment, logger: Any, step: int, panel: int = 8) -> No
 
 def run_gradcam(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """mode=gradcam resume=<run dir>: Grad-CAM of a trained CNN over its test panel, into the same run."""
-    from dlrun import figures
+    from dlrun.views import figures
     from dlrun.diagnostics.cnn import grad_cam, grad_cam_figure
 
     if not cfg.get("resume"):
@@ -471,7 +472,7 @@ def run_gradcam(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: 
 
 def run_lr_find(exp: Experiment, cfg: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """mode=lr_find: sweep the learning rate, plot loss against it, suggest one; the weights are thrown away."""
-    from dlrun import figures
+    from dlrun.views import figures
     from dlrun.diagnostics.lr_finder import find_lr
 
     inputs = {"model": exp.model, "loss_fn": exp.loss, "optimizer": exp.optimizer, "x": exp.splits.x_train,

@@ -15,7 +15,7 @@ from rich.tree import Tree
 if TYPE_CHECKING:  # torch takes seconds to import: an error message must not wait for it
     import torch
 
-    from dlrun.summary import LayerRow
+    from dlrun.diagnostics.summary import LayerRow
 
 # Piped output (CI logs, subprocess tests) gets a wider page than rich's 80-column default.
 console = Console(highlight=False, width=None if Console().is_terminal else 120)

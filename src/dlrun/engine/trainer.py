@@ -15,16 +15,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dlrun import checkpoint, distributed
-from dlrun.batches import batch_source
+from dlrun.engine import checkpoint, distributed
+from dlrun.engine.batches import batch_source
 from dlrun.data.base import DataInfo, Splits
 from dlrun.data.prepare import Prepare
 from dlrun.errors import ConfigError
-from dlrun.interrupt import Interrupted, StopOnSignal
-from dlrun.losses import Loss
-from dlrun.metrics import monitor_mode
-from dlrun.optim import Schedule
-from dlrun.tasks import Supervised
+from dlrun.engine.signals import Interrupted, StopOnSignal
+from dlrun.components.losses import Loss
+from dlrun.tasks.metrics import monitor_mode
+from dlrun.components.optim import Schedule
+from dlrun.tasks.base import Supervised
 
 
 PRECISIONS = ("auto", "32", "bf16", "fp16")

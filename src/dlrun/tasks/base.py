@@ -15,14 +15,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dlrun import distributed
+from dlrun.engine import distributed
 from dlrun.data.base import DataInfo
 from dlrun.diagnostics.curves import Verdict, chance_loss, diagnose
 from dlrun.diagnostics.startup import initial_loss_check
 from dlrun.errors import ConfigError
-from dlrun.evaluating import evaluating
-from dlrun.losses import LOSSES, Loss
-from dlrun.metrics import metric_names, task_metrics
+from dlrun.engine.evaluating import evaluating
+from dlrun.components.losses import LOSSES, Loss
+from dlrun.tasks.metrics import metric_names, task_metrics
 from dlrun.models.autoencoder import VAE, VAEOutput
 from dlrun.models.gan import GAN
 

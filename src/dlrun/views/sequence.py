@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo
-from dlrun.decoding import greedy_decode, to_text
-from dlrun.evaluating import evaluating
-from dlrun.metrics import naive_forecasts
+from dlrun.models.decoding import greedy_decode, to_text
+from dlrun.engine.evaluating import evaluating
+from dlrun.tasks.metrics import naive_forecasts
 
 EXAMPLES = 4  # validation windows drawn, or sequences decoded, each epoch
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dlrun.evaluating import evaluating
+from dlrun.engine.evaluating import evaluating
 from dlrun.models.geometry import predicted_size
 
 

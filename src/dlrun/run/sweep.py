@@ -9,8 +9,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlrun import figures
-from dlrun.metrics import monitor_mode
+from dlrun.views import figures
+from dlrun.tasks.metrics import monitor_mode
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dlrun.detection import _as_rgb
+from dlrun.tasks.detection import _as_rgb
 
 
 def confusion(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,0 +1,213 @@
+"""Loss functions of course 2 §4.1, each checked against the dataset's task before training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dlrun.data.base import DataInfo
+from dlrun.tasks.detection import YoloLoss
+from dlrun.errors import ConfigError
+from dlrun.registry import Registry
+
+LOSSES = Registry("loss")
+
+
+@dataclass
+class Loss:
+    """A loss module plus what it asks of the model's output and the targets."""
+
+    module: nn.Module
+    name: str
+    out_features: int  # how many outputs the model must produce
+    output_activation: str | None = None  # appended to the model: sigmoid for bce, log_softmax for nll
+    binary: bool = False  # one output scored against a 0/1 target
+    class_dim: int = 1  # the output's class axis: 1 for (batch, classes), -1 for (batch, steps, tokens)
+    chance: Callable[[torch.Tensor], float] | None = None  # the loss of a model that learned nothing, if not the usual
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            target = target.to(output.dtype).unsqueeze(1)
+        return self.module(output, target)
+
+    def predict_classes(self, output: torch.Tensor) -> torch.Tensor:
+        """Class indices from the model's output."""
+        if self.binary:
+            threshold = 0.5 if self.output_activation == "sigmoid" else 0.0
+            return (output.squeeze(1) > threshold).long()
+        return output.argmax(dim=self.class_dim)
+
+
+def _regression(name: str, info: DataInfo) -> None:
+    if info.task == "seq2seq":
+        _refuse_seq2seq(name, info)
+    if info.task == "detection":
+        raise ConfigError(f"'loss={name}' is a regression loss, but dataset '{info.name}' is detection: use "
+                          f"loss=yolo (or auto), which scores boxes, objectness and classes.", key="loss")
+    if info.task not in ("regression", "reconstruction"):  # an autoencoder regresses its input
+        raise ConfigError(
+            f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
+            f"{info.num_classes} classes. Use loss=cross_entropy (or nll; bce/bce_with_logits for two classes).",
+            key="loss",
+        )
+
+
+def _refuse_seq2seq(name: str, info: DataInfo) -> None:
+    raise ConfigError(f"'loss={name}' does not score sequences of tokens, and dataset '{info.name}' is seq2seq: "
+                      f"use loss=cross_entropy (or auto), one class per token.", key="loss")
+
+
+def _classification(name: str, info: DataInfo, binary: bool) -> None:
+    if info.task == "seq2seq" and (binary or name == "nll"):
+        _refuse_seq2seq(name, info)
+    if info.task == "detection":
+        raise ConfigError(f"'loss={name}' scores one class per sample, but dataset '{info.name}' is detection "
+                          f"(boxes): use loss=yolo (or auto).", key="loss")
+    if info.task not in ("classification", "seq2seq", "segmentation"):
+        raise ConfigError(
+            f"'loss={name}' is a classification loss, but dataset '{info.name}' is {info.task} "
+            f"(real-valued targets). Use loss=mse, mae, huber or msle.",
+            key="loss",
+        )
+    if binary and info.num_classes != 2:
+        raise ConfigError(
+            f"'loss={name}' scores one yes/no output, but dataset '{info.name}' has {info.num_classes} classes. "
+            f"Use loss=cross_entropy (or nll) for more than two classes.",
+            key="loss",
+        )
+
+
+class MSLELoss(nn.Module):
+    """Mean squared logarithmic error: (log(1+y) - log(1+ŷ))² (course 2 §4.1).
+
+    It is taken in the target's original units: when the dataset standardised the target for
+    training, prediction and target are scaled back first (a log of standardised values means nothing).
+    """
+
+    def __init__(self, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean if mean is not None else torch.zeros(1))
+        self.register_buffer("std", std if std is not None else torch.ones(1))
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output, target = output * self.std + self.mean, target * self.std + self.mean
+        # Clamp the prediction: log1p is undefined below -1 and the loss assumes non-negative values.
+        return nn.functional.mse_loss(torch.log1p(output.clamp_min(0)), torch.log1p(target))
+
+
+class TokenCrossEntropy(nn.Module):
+    """Cross-entropy over every target token, padding ignored: outputs (batch, steps, tokens)."""
+
+    def __init__(self, pad_token: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.pad_token = pad_token
+        self.label_smoothing = label_smoothing
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if output.dim() != 3 or output.shape[:2] != target.shape:
+            raise ValueError(f"token outputs must be (batch, steps, tokens) for targets {tuple(target.shape)}, "
+                             f"got {tuple(output.shape)}")
+        return nn.functional.cross_entropy(output.transpose(1, 2), target, ignore_index=self.pad_token,
+                                           label_smoothing=self.label_smoothing)
+
+
+@LOSSES.register("mse")
+def build_mse(info: DataInfo) -> Loss:
+    _regression("mse", info)
+    return Loss(nn.MSELoss(), "mse", info.target_dim)
+
+
+@LOSSES.register("mae")
+def build_mae(info: DataInfo) -> Loss:
+    _regression("mae", info)
+    return Loss(nn.L1Loss(), "mae", info.target_dim)
+
+
+@LOSSES.register("huber")
+def build_huber(info: DataInfo, delta: float = 1.0) -> Loss:
+    _regression("huber", info)
+    if delta <= 0:
+        raise ConfigError(f"'loss.delta={delta}' must be positive.", key="loss.delta")
+    return Loss(nn.HuberLoss(delta=delta), "huber", info.target_dim)
+
+
+@LOSSES.register("msle")
+def build_msle(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
+    _regression("msle", info)
+    module = MSLELoss(info.target_mean, info.target_std)
+    if train_targets is not None:
+        original = train_targets.cpu() * module.std + module.mean
+        if bool((original < 0).any()):
+            raise ConfigError(
+                f"'loss=msle' needs non-negative targets (it takes their logarithm), but dataset '{info.name}' has "
+                f"negative ones (min {float(original.min()):.3g}). Use loss=mse, mae or huber.", key="loss",
+            )
+    return Loss(module, "msle", info.target_dim)
+
+
+@LOSSES.register("bce")
+def build_bce(info: DataInfo) -> Loss:
+    """Binary cross-entropy on probabilities: the model ends with a sigmoid."""
+    _classification("bce", info, binary=True)
+    return Loss(nn.BCELoss(), "bce", 1, output_activation="sigmoid", binary=True)
+
+
+@LOSSES.register("bce_with_logits")
+def build_bce_with_logits(info: DataInfo) -> Loss:
+    """Binary cross-entropy on raw scores: the sigmoid is folded into the loss, numerically safer."""
+    _classification("bce_with_logits", info, binary=True)
+    return Loss(nn.BCEWithLogitsLoss(), "bce_with_logits", 1, binary=True)
+
+
+@LOSSES.register("cross_entropy")
+def build_cross_entropy(info: DataInfo, label_smoothing: float = 0.0) -> Loss:
+    """Softmax + negative log-likelihood on class indices (the one-hot target is implicit)."""
+    _classification("cross_entropy", info, binary=False)
+    if info.task == "seq2seq":
+        return Loss(TokenCrossEntropy(info.sequence.pad_token, label_smoothing), "cross_entropy",
+                    info.sequence.vocab_size, class_dim=-1)
+    return Loss(nn.CrossEntropyLoss(label_smoothing=label_smoothing), "cross_entropy", info.num_classes)
+
+
+@LOSSES.register("nll")
+def build_nll(info: DataInfo) -> Loss:
+    """Negative log-likelihood: the model ends with log-softmax."""
+    _classification("nll", info, binary=False)
+    return Loss(nn.NLLLoss(), "nll", info.num_classes, output_activation="log_softmax")
+
+
+@LOSSES.register("yolo")
+def build_yolo(info: DataInfo, lambda_coord: float = 5.0, lambda_noobj: float = 0.5) -> Loss:
+    """YOLO's detection loss: box (with sqrt of width and height), objectness and class terms (course 3 §5.1)."""
+    if info.task != "detection":
+        raise ConfigError(f"'loss=yolo' scores boxes, but dataset '{info.name}' is {info.task}: use it with "
+                          f"task=detection on a dataset with boxes (dataset=shapes).", key="loss")
+    for key, value in (("lambda_coord", lambda_coord), ("lambda_noobj", lambda_noobj)):
+        if value < 0:
+            raise ConfigError(f"'loss.{key}={value}' must be 0 or more.", key=f"loss.{key}")
+    module = YoloLoss(lambda_coord, lambda_noobj)
+    out_features = 5 + info.num_classes  # per grid cell: objectness, x, y, sqrt(w), sqrt(h), one score per class
+
+    def chance(targets: torch.Tensor) -> float:
+        # A model that learned nothing outputs zeros: objectness 0.5 everywhere, boxes centred, classes uniform
+        # (on the grid of the last output scored; the runner scores a first batch before asking).
+        grid = module.grid or 4
+        return float(module(torch.zeros(len(targets), out_features, grid, grid), targets))
+    return Loss(module, "yolo", out_features, chance=chance)
+
+
+@LOSSES.register("auto")
+def build_auto(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
+    """The task's usual loss: cross-entropy for classification, seq2seq and segmentation (per pixel), YOLO's
+    for detection, MSE for regression."""
+    if info.task == "detection":
+        return build_yolo(info)
+    return build_cross_entropy(info) if info.task in ("classification", "seq2seq", "segmentation") else build_mse(info)
+
+
+def output_layer(name: str | None) -> nn.Module | None:
+    """The layer a loss expects at the end of the model, if any."""
+    return {"sigmoid": nn.Sigmoid(), "log_softmax": nn.LogSoftmax(dim=1), None: None}[name]
