@@ -1,6 +1,6 @@
 """dl-run's performance budget (issues #3 and #9): one table of dl-run against a baseline measured in the same run.
 
-    python scripts/benchmark.py                          # every row, on the CPU; MNIST from ../shared/data
+    python scripts/benchmark.py                          # every row, on the CPU; MNIST from the repository's data/
     python scripts/benchmark.py --only overhead,startup  # some groups (see --help for their names)
     python scripts/benchmark.py --smoke                  # tiny settings, one round: a check that it runs, not a measure
     python scripts/benchmark.py --device cuda --speedrun # on a GPU, plus experiment=mnist_speedrun to 99%
@@ -731,8 +731,8 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist-root", type=Path, default=REPO.parent / "shared" / "data",
-                        help="folder holding MNIST/raw (default: ../shared/data from the repository root)")
+    parser.add_argument("--mnist-root", type=Path, default=REPO / "data",
+                        help="folder holding MNIST/raw (default: data/ in the repository)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu, as the targets are stated)")
     parser.add_argument("--threads", default="auto", help="CPU threads for every variant (default: dl-run's auto)")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"groups to run (default all: {', '.join(GROUPS)})")

@@ -3,7 +3,7 @@ trainer.onednn_linear.
 
     python scripts/benchmark_speed.py --device cuda --root /path/to/data          # experiment=mnist_cnn on a GPU
     python scripts/benchmark_speed.py --device cpu --dataset digits --variants 32 bf16   # a quick look on a CPU
-    python scripts/benchmark_speed.py --device cpu --root ../shared/data --variants torch_linear \
+    python scripts/benchmark_speed.py --device cpu --root data --variants torch_linear \
         --extra model=mlp model.hidden=[256,128] trainer.batch_size=64 scheduler=none   # the CPU switches, an MLP
 
 Each variant builds the same experiment (same seed, same weights), trains one warm-up epoch (torch.compile
