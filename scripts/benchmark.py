@@ -65,13 +65,15 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from rich.console import Console
 
-import dlrun.run.experiment as dlrun_run
 from dlrun.views import console
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.logger import LOGGERS
 from dlrun.models import MODELS
 from dlrun.run.experiment import Experiment
-from dlrun.engine.trainer import fit, resolve_threads
+from dlrun.engine.options import resolve_threads
+from dlrun.engine.trainer import Trainer, TrainingOutputs
+from dlrun.run.run_directory import RunDirectory
+from dlrun.run.training import run
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("overhead", "framework", "startup", "logging", "memory", "sweep", "streaming")
@@ -184,9 +186,11 @@ class TimedRun:
         """(wall, CPU) seconds of fit(), and metrics.json's content; self.run_seconds: those of the whole run()."""
         seconds = {}
 
-        def timed_fit(*args, **kwargs):
+        fit = Trainer.fit
+
+        def timed_fit(trainer: Trainer):
             with Stopwatch(torch.device("cpu")) as watch:
-                state = fit(*args, **kwargs)
+                state = fit(trainer)
             seconds["fit"] = watch.seconds
             return state
 
@@ -194,15 +198,15 @@ class TimedRun:
         run_dir = self.work / f"run-{self.count}"
         terminal = console.console
         console.console = Console(file=io.StringIO(), force_terminal=True, width=120)
-        dlrun_run.fit, progress = timed_fit, console.EpochProgress
+        Trainer.fit, progress = timed_fit, console.EpochProgress
         console.EpochProgress = StepsClock
         try:
             with Stopwatch(torch.device("cpu")) as whole:
-                metrics = dlrun_run.run(OmegaConf.create(compose_config(*overrides)), run_dir, overrides)
+                metrics = run(OmegaConf.create(compose_config(*overrides)), run_dir, overrides)
             self.run_seconds = whole.seconds
             self.steps_seconds = (metrics["train_seconds"], StepsClock.last.steps_cpu)  # fit's own wall clock
         finally:
-            dlrun_run.fit, console.console, console.EpochProgress = fit, terminal, progress
+            Trainer.fit, console.console, console.EpochProgress = fit, terminal, progress
         shutil.rmtree(run_dir, ignore_errors=True)
         return seconds["fit"], metrics
 
@@ -504,9 +508,8 @@ class Bench:
             clock = StepClock(steps)
             e.opts.max_steps = steps
             try:
-                state = fit(e.model, e.loss, e.optimizer, e.schedule, e.splits, e.info, e.opts, e.device, logger,
-                            run_dir / "checkpoints", {}, e.prepare, clock, None, torch.Generator().manual_seed(0),
-                            monitor=monitor)
+                outputs = TrainingOutputs(RunDirectory(run_dir), logger, clock, monitor)
+                state = Trainer(e.parts, outputs, generator=torch.Generator().manual_seed(0)).fit()
             finally:
                 logger.close()
                 if monitor is not None:

@@ -26,7 +26,9 @@ from omegaconf import OmegaConf
 
 from dlrun.logger import NullLogger
 from dlrun.run.experiment import Experiment
-from dlrun.engine.trainer import TrainState, evaluate, fit
+from dlrun.engine.trainer import Trainer, TrainingOutputs
+from dlrun.run.run_directory import RunDirectory
+from dlrun.tasks import evaluate
 
 VARIANTS = {  # name: trainer overrides
     "32": ["trainer.precision=32"],
@@ -46,15 +48,14 @@ def measure(overrides: list[str], epochs: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         exp = Experiment(cfg, Path(tmp))
         generator = torch.Generator().manual_seed(cfg["seed"])
-        args = (exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-                NullLogger(), Path(tmp), {})
+        outputs = TrainingOutputs(RunDirectory(tmp), NullLogger())
         exp.opts.epochs = 1
         started = time.perf_counter()
-        state = fit(*args, prepare=exp.prepare, generator=generator, state=TrainState())
+        state = Trainer(exp.parts, outputs, generator=generator).fit()
         warmup = time.perf_counter() - started
         before = state.train_seconds
         exp.opts.epochs = 1 + epochs
-        state = fit(*args, prepare=exp.prepare, generator=generator, state=state)
+        state = Trainer(exp.parts, outputs, state, generator).fit()
         test = evaluate(exp.model, exp.loss, exp.splits.x_test, exp.splits.y_test, exp.info,
                         exp.opts.eval_batch_size, exp.prepare)
     return {"epoch_seconds": (state.train_seconds - before) / epochs, "warmup_seconds": warmup,

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 from dlrun.engine import checkpoint
 from dlrun.errors import ConfigError
-from dlrun.run.experiment import run
+from dlrun.run.training import run
 
 IRIS = ("dataset=iris", "model.hidden=[8]", "model.dropout=0.2", "trainer.deterministic=true", "trainer.batch_size=16")
 

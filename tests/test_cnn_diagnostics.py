@@ -47,7 +47,7 @@ def test_a_cnn_run_on_digits_logs_grad_cam_filters_and_a_confusion_matrix(tmp_pa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from conftest import compose_config
-    from dlrun.run.experiment import run
+    from dlrun.run.training import run
 
     cfg = compose_config("dataset=digits", "model=cnn", "trainer.epochs=2", "trainer.progress=false",
                          "trainer.device=cpu", "logger.gradcam_every_n_epochs=1", "model.dropout=0.5")

@@ -14,7 +14,7 @@ from conftest import compose_config
 from dlrun.data import DATASETS
 from dlrun.errors import ConfigError
 from dlrun.run.experiment import Experiment
-from dlrun.tasks.base import INPUT_TASKS
+from dlrun.tasks import TASKS
 from image_fixtures import write_cifar10, write_image_folder, write_mnist
 from series_fixtures import write_series_csv
 
@@ -27,7 +27,7 @@ OPTIONS = [(g, f.name[:-5]) for g in GROUPS if g not in ("hydra",) for f in sort
 # a recurrent model a sequence, a transfer model a backbone (the transfer preset's), a U-Net masks and a
 # detector boxes (the tasks' presets, on a few scenes); an autoencoder or a GAN a task that uses the inputs alone.
 COMPANION_DATASETS = ("digits", "moons", "diabetes", "sine")
-COMPANIONS = ([[f"dataset={d}"] for d in COMPANION_DATASETS] + [["dataset=digits", f"task={t}"] for t in INPUT_TASKS]
+COMPANIONS = ([[f"dataset={d}"] for d in COMPANION_DATASETS] + [["dataset=digits", f"task={t}"] for t in TASKS.names() if not TASKS.get(t).takes_labels]
               + [["experiment=transfer_digits"], ["experiment=segmentation", "dataset.n_samples=40"],
                  ["experiment=detection", "dataset.n_samples=40"]])
 

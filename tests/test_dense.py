@@ -16,7 +16,8 @@ from dlrun.data.shapes import draw_scenes
 from dlrun.tasks.detection import (YoloLoss, average_precision, decode, detection_metrics, encode_targets,
                              mean_average_precision)
 from dlrun.errors import ConfigError
-from dlrun.run.experiment import Experiment, run
+from dlrun.run.experiment import Experiment
+from dlrun.run.training import run
 from dlrun.tasks.segmentation import segmentation_metrics
 
 QUIET = ("trainer.progress=false", "trainer.device=cpu", "logger.gradients_every_n_steps=0")

@@ -97,7 +97,7 @@ def test_lr_find_mode_suggests_a_rate_that_trains(tmp_path):
     from omegaconf import OmegaConf
 
     from conftest import compose_config
-    from dlrun.run.experiment import run
+    from dlrun.run.training import run
 
     cfg = compose_config("mode=lr_find", "trainer.progress=false", "trainer.device=cpu", "lr_find.steps=100")
     found = run(OmegaConf.create(cfg), tmp_path / "find", ["mode=lr_find"])

@@ -184,9 +184,6 @@ def follow(page: Page, workdir: Path, run: bool) -> list[str]:
 
 def run_dl_run(args: list[str]) -> int | None:
     """`dl-run ARGS` in this process, as the console script runs it."""
-    cli._jobs.clear()
-    cli._crashes.clear()
-    cli._sweep_dirs.clear()
     saved = sys.argv
     sys.argv = ["dl-run", *args]
     try:

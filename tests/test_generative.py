@@ -17,16 +17,18 @@ from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.logger import NullLogger
 from dlrun.models import MODELS
-from dlrun.run.experiment import Experiment, run
-from dlrun.engine.trainer import fit
+from dlrun.run.experiment import Experiment
+from dlrun.run.training import run
+from dlrun.engine.trainer import Trainer, TrainingOutputs
+from dlrun.run.run_directory import RunDirectory
 
 FAST = ("trainer.device=cpu", "trainer.progress=false", "trainer.batch_size=64", "dataset=digits")
 
 
 def _train(tmp_path: Path, *overrides: str, epochs: int = 3) -> tuple[Experiment, list[dict[str, float]]]:
     exp = Experiment(compose_config(*FAST, f"trainer.epochs={epochs}", *overrides), tmp_path)
-    state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-                NullLogger(), tmp_path, {}, exp.prepare, generator=torch.Generator().manual_seed(0), task=exp.task)
+    state = Trainer(exp.parts, TrainingOutputs(RunDirectory(tmp_path), NullLogger()),
+                    generator=torch.Generator().manual_seed(0)).fit()
     return exp, state.history
 
 
@@ -76,8 +78,8 @@ def test_a_gan_generator_moves_towards_the_data(overrides, tmp_path):
 
     before = distance()
     discriminator = [p.detach().clone() for p in exp.model.discriminator.parameters()]
-    state = fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-                NullLogger(), tmp_path, {}, exp.prepare, generator=torch.Generator().manual_seed(0), task=exp.task)
+    state = Trainer(exp.parts, TrainingOutputs(RunDirectory(tmp_path), NullLogger()),
+                    generator=torch.Generator().manual_seed(0)).fit()
     assert distance() < 0.5 * before
     assert any(not torch.equal(a, b) for a, b in zip(discriminator, exp.model.discriminator.parameters()))
     last = state.history[-1]

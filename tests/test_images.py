@@ -21,7 +21,7 @@ from dlrun.models import MODELS
 from dlrun.models.geometry import conv_output_size, predicted_size
 from dlrun.models.resnet import ResidualBlock
 from dlrun.diagnostics.summary import summarize
-from dlrun.engine.trainer import evaluate
+from dlrun.tasks import evaluate
 from image_fixtures import digit_images, write_cifar10, write_image_folder, write_mnist
 
 MNIST_LIKE = DataInfo(input_shape=(1, 28, 28), task="classification", num_classes=10, name="mnist")

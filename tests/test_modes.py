@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from conftest import compose_config
 from dlrun.data.base import split_indices
 from dlrun.errors import ConfigError
-from dlrun.run.experiment import run
+from dlrun.run.training import run
 
 TINY = ("trainer.progress=false", "model.hidden=[16]", "logger=none", "trainer.threads=1")
 

@@ -12,7 +12,8 @@ from dlrun.engine import checkpoint
 from dlrun.errors import ConfigError
 from dlrun.models import onednn_linear
 from dlrun.models.onednn_linear import MIN_PRODUCT, OneDNNLinear, use_onednn_linear
-from dlrun.run.experiment import Experiment, run
+from dlrun.run.experiment import Experiment
+from dlrun.run.training import run
 
 needs_onednn = pytest.mark.skipif(not onednn_linear.onednn_available(), reason="torch built without oneDNN")
 

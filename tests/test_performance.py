@@ -18,16 +18,16 @@ from dlrun.run.experiment import build_data, seed_everything
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_next_sweep_job_reuses_the_dataset_and_draws_the_same_random_numbers_after_it(monkeypatch):
-    monkeypatch.setattr(reuse, "between_jobs", True)  # as the CLI sets it for a multirun
+def test_the_next_sweep_job_reuses_the_dataset_and_draws_the_same_random_numbers_after_it():
+    cache = reuse.DatasetCache()  # as the CLI keeps one for a multirun
     cfg = {"name": "moons", "n_samples": 200}
     seed_everything(3, False)
-    first = build_data(cfg, 3)
+    first = build_data(cfg, 3, cache=cache)
     after_build = torch.rand(3)
     seed_everything(3, False)
-    again = build_data(dict(cfg), 3)
+    again = build_data(dict(cfg), 3, cache=cache)
     assert again is first and torch.equal(torch.rand(3), after_build)
-    other = build_data(cfg, 4)
+    other = build_data(cfg, 4, cache=cache)
     assert other is not first and not torch.equal(other.splits.x_train, first.splits.x_train)
 
 

@@ -8,7 +8,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from dlrun.run.experiment import run
+from dlrun.run.training import run
 
 
 def sweep_params(experiment: str) -> dict[str, list[str]]:

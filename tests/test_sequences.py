@@ -21,9 +21,9 @@ from dlrun.data.timeseries import make_windows, window_starts
 from dlrun.models.decoding import greedy_decode, to_text
 from dlrun.errors import ConfigError
 from dlrun.components.init import INITS, apply_init
-from dlrun.tasks.metrics import forecast_baselines
+from dlrun.tasks.regression import forecast_baselines
 from dlrun.models import MODELS
-from dlrun.run.experiment import run
+from dlrun.run.training import run
 
 SEQUENCE_MODELS = ["rnn", "lstm", "gru", "tcn", "transformer"]
 SMALL = {  # narrow versions of each model, so that a few steps take little time

@@ -11,7 +11,8 @@ from conftest import compose_config
 from dlrun.engine import checkpoint
 from dlrun.cli import resume_arguments
 from dlrun.errors import ConfigError
-from dlrun.run.experiment import Experiment, run
+from dlrun.run.experiment import Experiment
+from dlrun.run.training import run
 
 TINY = ("trainer.epochs=2", "model.hidden=[16]", "trainer.progress=false", "trainer.device=cpu", "logger=none")
 

@@ -15,7 +15,9 @@ from dlrun.errors import ConfigError
 from dlrun.engine.signals import Interrupted, StopOnSignal
 from dlrun.logger import NullLogger
 from dlrun.run.experiment import Experiment
-from dlrun.engine.trainer import fit, restore
+from dlrun.engine.resume import restore
+from dlrun.engine.trainer import Trainer, TrainingOutputs
+from dlrun.run.run_directory import RunDirectory
 from image_fixtures import write_image_folder
 
 
@@ -33,9 +35,8 @@ def experiment(folder, tmp_path, in_memory: bool, workers: int = 0, *overrides: 
 
 
 def train(exp: Experiment, tmp_path, state=None, generator=None, progress=None, stop=None):
-    return fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device,
-               NullLogger(), tmp_path / "checkpoints", {}, exp.prepare, progress, state,
-               generator or torch.Generator().manual_seed(0), stop=stop)
+    outputs = TrainingOutputs(RunDirectory(tmp_path), NullLogger(), progress, stop=stop)
+    return Trainer(exp.parts, outputs, state, generator or torch.Generator().manual_seed(0)).fit()
 
 
 def test_streamed_training_sees_the_same_batches_and_learns_the_same_weights(folder, tmp_path):
@@ -85,8 +86,7 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_to_the_same_weights(folder, tm
         train(stopped, tmp_path / "stopped", progress=StopAfter(stop, 10), stop=stop)  # epoch 2, batch 3 of 7
     resumed = experiment(folder, tmp_path / "stopped", False, 2, "trainer.epochs=2")
     generator = torch.Generator()
-    state = restore(checkpoint.load(tmp_path / "stopped" / "checkpoints" / "last.pt"), resumed.model,
-                    resumed.optimizer, resumed.schedule, generator)
+    state = restore(checkpoint.load(tmp_path / "stopped" / "checkpoints" / "last.pt"), resumed.parts, generator)
     assert state.epoch == 1 and state.batch == 3
     state = train(resumed, tmp_path / "stopped", state=state, generator=generator)
     assert state.step == 14

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from dlrun.engine import checkpoint
-from dlrun.run.experiment import run
+from dlrun.run.training import run
 
 
 def train(tmp_path, *overrides: str) -> dict:
@@ -124,7 +124,7 @@ def test_vanishing_gradients_are_reported_for_deep_sigmoid_not_for_relu_he(tmp_p
 def test_threads_auto_leaves_busy_cores_alone_and_a_number_is_taken_as_given(monkeypatch):
     import os
 
-    from dlrun.engine.trainer import resolve_threads
+    from dlrun.engine.options import resolve_threads
 
     cores = len(os.sched_getaffinity(0))
     assert resolve_threads(3, deterministic=False) == 3

@@ -11,7 +11,8 @@ from conftest import compose_config
 from dlrun.errors import ConfigError
 from dlrun.logger import NullLogger
 from dlrun.run.experiment import Experiment, build_data
-from dlrun.engine.trainer import fit
+from dlrun.engine.trainer import Trainer, TrainingOutputs
+from dlrun.run.run_directory import RunDirectory
 
 BACKBONE = "model.backbone={name:cnn,channels:[8,8],hidden:[],batch_norm:true}"
 QUIET = ("trainer.progress=false", "trainer.device=cpu", "logger=none")
@@ -67,8 +68,7 @@ def _train(tmp_path, *overrides: str) -> tuple[dict, dict, Experiment]:
     """The weights before and after training with the runner's loop, and the built experiment."""
     exp = Experiment(compose_config(*overrides), tmp_path)
     before = {k: v.clone() for k, v in exp.model.state_dict().items()}
-    fit(exp.model, exp.loss, exp.optimizer, exp.schedule, exp.splits, exp.info, exp.opts, exp.device, NullLogger(),
-        tmp_path / "checkpoints", {}, exp.prepare, generator=torch.Generator().manual_seed(0))
+    Trainer(exp.parts, TrainingOutputs(RunDirectory(tmp_path), NullLogger()), generator=torch.Generator().manual_seed(0)).fit()
     return before, exp.model.state_dict(), exp
 
 

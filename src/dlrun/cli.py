@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -11,6 +10,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import yaml
@@ -25,112 +25,146 @@ from dlrun.run import preflight
 from dlrun.errors import ConfigError
 from dlrun.engine.signals import Interrupted
 
-# What each job of this process ended with; a multirun keeps going past a bad job and reports at the end.
-_jobs: list = []  # sweep.JobResult, one per job
-_crashes: list[str] = []  # jobs that failed on something other than the user's input
-_sweep_dirs: set[str] = set()
-# Overrides that change how a run looks, not what it computes: left out of the names of sweep rows.
-QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
+if TYPE_CHECKING:
+    from dlrun.run.sweep import SweepJobs
 
 # Run and sweep directories end in the process id: two runs started in the same second never share one.
 # The id of the `dl-run` process itself, which its launcher's workers (joblib, submitit) inherit: a sweep
 # directory that a worker resolves again is the same one.
 OmegaConf.register_new_resolver("dlrun_pid", lambda: int(os.environ.get("DLRUN_PID") or os.getpid()), replace=True)
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 class SweepDirectory(Callback):
-    """Hydra callback (configs/hydra/default.yaml): the sweep directory, as the process that launches the jobs sees it."""
-
-    path: str | None = None
-    search = False  # a search (Optuna) rather than a grid: failed trials are part of it
+    """Hydra callback (configs/hydra/default.yaml) in the process that launches a multirun's jobs: checks a
+    search's direction before any trial, and reports the jobs that ran in other processes (joblib, submitit)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
-        SweepDirectory.path = str(config.hydra.sweep.dir)
-        SweepDirectory.search = "optuna" in str(config.hydra.sweeper.get("_target_", ""))
         try:
             _check_direction(config.hydra, config.trainer.monitor)
         except ConfigError as err:  # before any trial; SystemExit passes through Hydra's own error report
             console.print_error(str(err))
             sys.exit(2)
 
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        if config.hydra.launcher.get("_target_") == BASIC_LAUNCHER:
+            return  # the jobs ran in this process: main() reports them
+        from dlrun.run.sweep import SweepJobs
 
-@hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
-def _train(cfg: DictConfig) -> float | None:
-    from dlrun.run.experiment import remove_unfinished, run  # imported here so `dl-run --help` stays fast
-    from dlrun.run.sweep import JobResult
+        jobs = SweepJobs()
+        jobs.search = _is_search(config.hydra)
+        jobs.read_back(Path(config.hydra.sweep.dir))
+        jobs.report()
+        if jobs.exit_code():
+            sys.exit(jobs.exit_code())
+
+
+def _is_search(hydra_cfg: DictConfig) -> bool:
+    return "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
+
+
+def train_job(cfg: DictConfig, sweep: SweepJobs) -> float | None:
+    """One run, or one job of a sweep: train it (or its mode), and record how it ended in `sweep`."""
+    from dlrun.run.sweep import QUIET_KEYS, JobResult
+    from dlrun.run.training import run  # imported here so `dl-run --help` stays fast
 
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    if distributed.launched():  # every rank works in rank 0's run directory; only rank 0 writes to it
-        own, run_dir = run_dir, Path(distributed.broadcast(str(run_dir)))
-        if own != run_dir:
-            shutil.rmtree(own, ignore_errors=True)  # the scratch directory Hydra made for this rank
+    run_dir = _run_dir(Path(hydra_cfg.runtime.output_dir))
     overrides = list(hydra_cfg.overrides.task)
     name = " ".join(o for o in overrides if _override_key(o) not in QUIET_KEYS) or "(defaults)"
-    if hydra_cfg.mode is RunMode.MULTIRUN:
-        _sweep_dirs.add(hydra_cfg.sweep.dir)
-    if hydra_cfg.mode is RunMode.MULTIRUN:
-        from dlrun.data import reuse
-
-        reuse.between_jobs = True  # the next job with the same dataset settings takes this one's
-    if hydra_cfg.mode is RunMode.MULTIRUN and os.environ.get("DLRUN_PID") != str(os.getpid()):
-        # Jobs side by side (joblib): on a machine with several GPUs each takes its own.
+    multirun = hydra_cfg.mode is RunMode.MULTIRUN
+    in_worker = multirun and os.environ.get("DLRUN_PID") != str(os.getpid())  # a launcher's worker process
+    if multirun:
+        sweep.sweep_dir, sweep.search = Path(hydra_cfg.sweep.dir), _is_search(hydra_cfg)
+    if in_worker:  # jobs side by side (joblib): on a machine with several GPUs each takes its own
         cfg.trainer.device = distributed.job_device(cfg.trainer.device, hydra_cfg.job.num)
     try:
-        metrics = run(cfg, run_dir, overrides)
+        metrics = run(cfg, run_dir, overrides, sweep.datasets if multirun else None)
     except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written
-        resume = f"dl-run {shlex.quote(f'resume={run_dir.resolve()}')}"
-        console.print_error("Interrupted outside the training loop. " + (
-            f"Its checkpoints are intact; continue with:  {resume}" if (run_dir / "checkpoints" / "last.pt").is_file()
-            else "Nothing was trained yet."))
-        if not cfg.get("resume"):
-            remove_unfinished(run_dir)
-        sys.exit(130)
+        _interrupted_outside_training(run_dir, cfg)
     except Interrupted as err:
-        # soft_wrap: the command stays on one line, so it can be copied whole.
-        stopped = str(err)[0].upper() + str(err)[1:]
-        console.console.print(f"\n{stopped}. Checkpoint written: {run_dir / 'checkpoints' / 'last.pt'}"
-                              f"\nResume with:  dl-run {shlex.quote(f'resume={run_dir.resolve()}')}", soft_wrap=True)
-        handler = signal.getsignal(err.signum)
-        if err.signum not in (signal.SIGINT, signal.SIGTERM) and callable(handler):
-            handler(err.signum, None)  # a cluster tool's pre-emption handler: submitit requeues the job and exits
-        sys.exit(err.exit_code)
+        _interrupted(run_dir, err)
     except (ConfigError, FloatingPointError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for the whole stack trace
-        console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
-        if hydra_cfg.mode is RunMode.MULTIRUN and os.environ.get("DLRUN_PID") != str(os.getpid()):
-            # A job in a launcher's worker process: the sweep's summary, made elsewhere, reads why it failed here.
-            (run_dir / "failed.json").write_text(json.dumps({"error": str(err), "overrides": overrides}, indent=2))
-        elif not cfg.get("resume"):
-            remove_unfinished(run_dir)
-        _jobs.append(JobResult(name, str(run_dir), error=str(err)))
+        _failed_on_input(err, run_dir, cfg, overrides, in_worker)
+        sweep.record(JobResult(name, str(run_dir), error=str(err)))
         return None
     except Exception as err:  # noqa: BLE001 - a crash in one job of a sweep must not lose the others
-        if hydra_cfg.mode is not RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if not multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        traceback.print_exc()
-        error = f"{type(err).__name__}: {err}"
-        console.print_error(f"job {hydra_cfg.job.num} ({name}) crashed: {error}. The sweep goes on.")
-        if run_dir.is_dir():
-            (run_dir / "metrics.json").write_text(json.dumps(
-                {"status": "failed", "error": error, "traceback": traceback.format_exc(), "overrides": overrides},
-                indent=2))
-        _jobs.append(JobResult(name, str(run_dir), error=error))
-        _crashes.append(name)
+        sweep.record(JobResult(name, str(run_dir), error=_crashed(err, run_dir, overrides, hydra_cfg.job.num, name)),
+                     crashed=True)
         return None
     if metrics.get("mode", "train") != "train" or not distributed.is_main():
         return None
-    _jobs.append(JobResult(name, str(run_dir), metrics=metrics))
+    sweep.record(JobResult(name, str(run_dir), metrics=metrics))
     # The monitored validation metric, which a sweeper (Optuna) optimises: never the test score. None (not NaN)
     # for a run without a finite one: the Optuna sweeper records it as a failed trial and goes on.
     best = metrics["best"]["value"]
     return best if best is not None and math.isfinite(best) else None
 
 
+def _run_dir(own: Path) -> Path:
+    """The run directory: Hydra's; under torchrun every rank works in rank 0's, and only rank 0 writes to it."""
+    if not distributed.launched():
+        return own
+    run_dir = Path(distributed.broadcast(str(own)))
+    if own != run_dir:
+        shutil.rmtree(own, ignore_errors=True)  # the scratch directory Hydra made for this rank
+    return run_dir
+
+
+def _interrupted_outside_training(run_dir: Path, cfg: DictConfig) -> None:
+    from dlrun.run.run_directory import RunDirectory
+
+    resume = f"dl-run {shlex.quote(f'resume={run_dir.resolve()}')}"
+    console.print_error("Interrupted outside the training loop. " + (
+        f"Its checkpoints are intact; continue with:  {resume}" if (run_dir / "checkpoints" / "last.pt").is_file()
+        else "Nothing was trained yet."))
+    if not cfg.get("resume"):
+        RunDirectory(run_dir).remove_unfinished()
+    sys.exit(130)
+
+
+def _interrupted(run_dir: Path, err: Interrupted) -> None:
+    # soft_wrap: the command stays on one line, so it can be copied whole.
+    stopped = str(err)[0].upper() + str(err)[1:]
+    console.console.print(f"\n{stopped}. Checkpoint written: {run_dir / 'checkpoints' / 'last.pt'}"
+                          f"\nResume with:  dl-run {shlex.quote(f'resume={run_dir.resolve()}')}", soft_wrap=True)
+    handler = signal.getsignal(err.signum)
+    if err.signum not in (signal.SIGINT, signal.SIGTERM) and callable(handler):
+        handler(err.signum, None)  # a cluster tool's pre-emption handler: submitit requeues the job and exits
+    sys.exit(err.exit_code)
+
+
+def _failed_on_input(err: Exception, run_dir: Path, cfg: DictConfig, overrides: list[str], in_worker: bool) -> None:
+    """Say why; a worker's job leaves failed.json for the sweep's summary; a new run leaves no directory behind."""
+    from dlrun.run.run_directory import RunDirectory
+
+    console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
+    if in_worker:  # the sweep's summary, made in another process, reads why it failed here
+        RunDirectory(run_dir).write_json("failed.json", {"error": str(err), "overrides": overrides})
+    elif not cfg.get("resume"):
+        RunDirectory(run_dir).remove_unfinished()
+
+
+def _crashed(err: Exception, run_dir: Path, overrides: list[str], number: int, name: str) -> str:
+    """A job of a sweep that crashed: its traceback printed and kept in its metrics.json; the sweep goes on."""
+    from dlrun.run.run_directory import RunDirectory
+
+    traceback.print_exc()
+    error = f"{type(err).__name__}: {err}"
+    console.print_error(f"job {number} ({name}) crashed: {error}. The sweep goes on.")
+    if run_dir.is_dir():
+        RunDirectory(run_dir).write_metrics({"status": "failed", "error": error, "traceback": traceback.format_exc(),
+                                             "overrides": overrides})
+    return error
+
+
 def _check_direction(hydra_cfg: DictConfig, monitor: str) -> None:
     """An Optuna search must minimise a loss and maximise an accuracy, or it looks for the worst trial."""
-    from dlrun.tasks.metrics import monitor_mode
+    from dlrun.tasks import monitor_mode
 
     direction = hydra_cfg.sweeper.get("direction")
     wanted = {"min": "minimize", "max": "maximize"}[monitor_mode(monitor)]
@@ -219,47 +253,6 @@ def refuse_existing_run(args: list[str]) -> None:
                                   f"new directory.", key="hydra.run.dir")
 
 
-def report_sweep(sweep_dir: Path) -> None:
-    """The sweep table in the terminal, and summary.csv, summary.md and val_curves.png beside the jobs."""
-    from dlrun.run import sweep
-
-    failed = sum(job.status == "failed" for job in _jobs)
-    table = sweep.rows(_jobs)
-    # Name each row by what differs between the jobs; what they share goes in the title.
-    common = set.intersection(*(set(job.name.split()) for job in _jobs)) if _jobs else set()
-    # The terminal gets the essentials; summary.csv has every column.
-    shown: dict[str, dict] = {}
-    for row in table:
-        label = " ".join(_short(o) for o in str(row["job"]).split() if o not in common) or str(row["job"])
-        if label in shown:  # a search may try the same values twice: each trial keeps its row
-            label = f"{label} ({Path(str(row['run_dir'])).name})"
-        shown[label] = {k: v for k, v in row.items()
-                        if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
-    console.results_table(shown, title=f"sweep: {len(_jobs) - failed} finished job(s)"
-                          + (f", {failed} failed" if failed else "") + ", best first"
-                          + (f" (all with {' '.join(sorted(common))})" if common and len(_jobs) > 1 else ""))
-    for job in _jobs:
-        if job.status == "failed":
-            console.console.print(f"failed: {job.name}: {job.error}", soft_wrap=True)
-    best = sweep.best_command(_jobs, QUIET_KEYS)
-    if best is not None:
-        console.console.print(best, soft_wrap=True)
-    if sweep_dir.is_dir():
-        paths = sweep.write(sweep_dir, _jobs)
-        console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
-    console.console.print(f"Compare the runs:  tensorboard --logdir {sweep_dir.resolve()}", soft_wrap=True)
-
-
-def _short(override: str) -> str:
-    """`optimizer.lr=0.004500455147931924` as `optimizer.lr=0.0045`, for the table (the command keeps every digit)."""
-    key, _, value = override.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        return override
-    return f"{key}={number:.4g}" if len(value) > 8 and "." in value else override
-
-
 def list_options(argv: list[str]) -> None:
     """`dl-run --list`: every group's options with a one-line description."""
     from rich.table import Table
@@ -276,8 +269,28 @@ def list_options(argv: list[str]) -> None:
     console.console.print(table)
 
 
+def _prepared_arguments(args: list[str]) -> list[str]:
+    """The command's arguments as Hydra must see them (a resumed run's own overrides, a task's preset), checked;
+    a data-parallel run is started here with torchrun, which comes back to main() in each process."""
+    devices = _devices(args)
+    sweep = any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in args)
+    if sweep and (devices > 1 or distributed.launched()):
+        raise ConfigError("A sweep (-m, hparams_search) runs its jobs one process each: it cannot run under "
+                          "torchrun or with trainer.devices>1. Train the chosen settings data-parallel "
+                          "afterwards, with dl-run trainer.devices=N <the best job's overrides>.",
+                          key="trainer.devices")
+    if devices > 1 and not distributed.launched():
+        distributed.launch(devices, args)  # comes back here in each of the processes it starts
+    refuse_existing_run(args)
+    args = task_arguments(resume_arguments(args))
+    preflight.check(args)
+    return args
+
+
 def main() -> None:
     """Console script `dl-run`."""
+    from dlrun.run.sweep import SweepJobs
+
     if "--list" in sys.argv[1:]:
         list_options(sys.argv[1:])
         return
@@ -286,18 +299,7 @@ def main() -> None:
         sys.path.insert(0, os.getcwd())
     os.environ["DLRUN_PID"] = str(os.getpid())
     try:
-        devices = _devices(sys.argv[1:])
-        sweep = any(a in ("-m", "--multirun") or a.startswith("hparams_search=") for a in sys.argv[1:])
-        if sweep and (devices > 1 or distributed.launched()):
-            raise ConfigError("A sweep (-m, hparams_search) runs its jobs one process each: it cannot run under "
-                              "torchrun or with trainer.devices>1. Train the chosen settings data-parallel "
-                              "afterwards, with dl-run trainer.devices=N <the best job's overrides>.",
-                              key="trainer.devices")
-        if devices > 1 and not distributed.launched():
-            distributed.launch(devices, sys.argv[1:])  # comes back here in each of the processes it starts
-        refuse_existing_run(sys.argv[1:])
-        sys.argv = [sys.argv[0], *task_arguments(resume_arguments(sys.argv[1:]))]
-        preflight.check(sys.argv[1:])
+        sys.argv = [sys.argv[0], *_prepared_arguments(sys.argv[1:])]
     except ConfigError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -307,29 +309,25 @@ def main() -> None:
         console.console.quiet = True  # rank 0 speaks for all; errors still reach stderr
     distributed.setup()
     sys.argv += distributed.worker_arguments()
+    sweep = SweepJobs()  # what this invocation's jobs end with, handed to each job
+
+    @hydra.main(config_path="pkg://dlrun.configs", config_name="train", version_base="1.3")
+    def train(cfg: DictConfig) -> float | None:
+        return train_job(cfg, sweep)
+
     try:
-        _train()
+        train()
     except KeyboardInterrupt:  # before training started (training itself stops cleanly on its own)
         console.print_error("Interrupted before training started; nothing was trained.")
         sys.exit(130)
     finally:
         distributed.teardown()
     distributed.end_worker()  # a rank other than 0 ends here (see why there)
-    if not _sweep_dirs and SweepDirectory.path is not None:
-        # The jobs ran in other processes (joblib, submitit): their results are read back from the sweep directory.
-        from dlrun.run.sweep import read_jobs
-
-        jobs, crashed = read_jobs(Path(SweepDirectory.path), QUIET_KEYS)
-        _jobs.extend(jobs)
-        _crashes.extend(crashed)
-        _sweep_dirs.add(SweepDirectory.path)
-    if _sweep_dirs:
-        report_sweep(Path(next(iter(_sweep_dirs))))
-    if SweepDirectory.search and any(job.status == "completed" for job in _jobs):
-        return  # a search that found a best trial succeeded; its failed trials are in the table
-    if _crashes:
-        sys.exit(1)
-    if any(job.status == "failed" for job in _jobs):
+    if sweep.sweep_dir is not None:  # a multirun whose jobs ran in this process
+        sweep.report()
+        if sweep.exit_code():
+            sys.exit(sweep.exit_code())
+    elif any(job.status == "failed" for job in sweep.jobs):
         sys.exit(2)
 
 

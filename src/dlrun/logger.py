@@ -1,15 +1,48 @@
-"""TensorBoard logging: scalars and the first augmented batch during training, and the run's hyperparameters with its final metrics."""
+"""Where a run's curves go: the Logger protocol, TensorBoard's implementation and the one that logs nothing.
+
+Another tracking backend is one class that implements Logger, registered in LOGGERS under its name.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
 from dlrun.registry import Registry
 
 LOGGERS = Registry("logger")
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """What the loop, the views and the run call on a tracking backend; every key means the same in each backend."""
+
+    log_dir: Path | None  # where its files go (None: it writes none, and the views that draw skip their work)
+    log_every_n_steps: int  # step scalars every N steps (0: epoch scalars only)
+    gradients_every_n_steps: int  # gradient-flow diagnostics every N steps (0: off)
+    histograms: bool  # with the diagnostics, per-layer histograms
+    figures: bool  # matplotlib figures and image grids
+    gradcam_every_n_epochs: int  # CNN views during training every N epochs (0: at the end only)
+
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
+
+    def text(self, tag: str, markdown: str, step: int) -> None: ...
+
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None: ...
+
+    def figure(self, tag: str, figure: Any, step: int, close: bool = True) -> None: ...
+
+    def images(self, tag: str, images: torch.Tensor, step: int) -> None: ...
+
+    def hparams(self, params: dict[str, object], metrics: dict[str, float], step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class TensorBoardLogger:
@@ -103,6 +136,7 @@ class NullLogger:
     gradients_every_n_steps = 0
     histograms = False
     figures = False
+    gradcam_every_n_epochs = 0
     log_dir = None
 
     def scalars(self, values: dict[str, float], step: int) -> None:

@@ -1,0 +1,2 @@
+"""Components a config group builds: losses, optimizers and schedules, initialisations, augmentations,
+activations."""

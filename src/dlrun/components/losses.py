@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo
-from dlrun.tasks.detection import YoloLoss
 from dlrun.errors import ConfigError
 from dlrun.registry import Registry
 
@@ -188,6 +187,8 @@ def build_yolo(info: DataInfo, lambda_coord: float = 5.0, lambda_noobj: float = 
     for key, value in (("lambda_coord", lambda_coord), ("lambda_noobj", lambda_noobj)):
         if value < 0:
             raise ConfigError(f"'loss.{key}={value}' must be 0 or more.", key=f"loss.{key}")
+    from dlrun.tasks.detection import YoloLoss  # the detection task's output format; imported when used
+
     module = YoloLoss(lambda_coord, lambda_noobj)
     out_features = 5 + info.num_classes  # per grid cell: objectness, x, y, sqrt(w), sqrt(h), one score per class
 
@@ -203,9 +204,9 @@ def build_yolo(info: DataInfo, lambda_coord: float = 5.0, lambda_noobj: float = 
 def build_auto(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
     """The task's usual loss: cross-entropy for classification, seq2seq and segmentation (per pixel), YOLO's
     for detection, MSE for regression."""
-    if info.task == "detection":
-        return build_yolo(info)
-    return build_cross_entropy(info) if info.task in ("classification", "seq2seq", "segmentation") else build_mse(info)
+    from dlrun.tasks import TASKS  # each task names its usual loss
+
+    return LOSSES.build({"name": TASKS.get(info.task, "task").default_loss}, info=info, train_targets=train_targets)
 
 
 def output_layer(name: str | None) -> nn.Module | None:

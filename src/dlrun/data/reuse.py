@@ -12,28 +12,29 @@ import torch
 
 from dlrun.data.base import Dataset
 
-_last: dict[str, Any] = {}  # the last dataset built: its key, the Dataset, the random states right after building it
-between_jobs = False  # set by the CLI for a multirun: its jobs run one after another in this process
 
-
-def build_dataset(settings: Any, build: Callable[[], Dataset]) -> Dataset:
-    """build(), or in a multirun the previous job's dataset when it was built with the same `settings`.
+class DatasetCache:
+    """The last dataset a sweep's jobs built in this process, with the random states right after building it.
 
     A sweep over learning rates or models loads MNIST once, not once per job. Builders may draw from the
     global random generators; on reuse those are put where building would have left them, so a job's
     weights are the same as when it runs alone. Only the last dataset is kept: a sweep over datasets does
     not pile them up in memory. The jobs read the tensors, never change them.
     """
-    if not between_jobs:
-        return build()
-    key = json.dumps(settings, sort_keys=True, default=str)
-    if _last.get("key") == key:
-        torch.set_rng_state(_last["torch"])
-        np.random.set_state(_last["numpy"])
-        random.setstate(_last["python"])
-        return _last["dataset"]
-    _last.clear()
-    dataset = build()
-    _last.update(key=key, dataset=dataset, torch=torch.get_rng_state(), numpy=np.random.get_state(),
-                 python=random.getstate())
-    return dataset
+
+    def __init__(self) -> None:
+        self._last: dict[str, Any] = {}
+
+    def build(self, settings: Any, build: Callable[[], Dataset]) -> Dataset:
+        """The dataset the previous job built with the same `settings`, else build()."""
+        key = json.dumps(settings, sort_keys=True, default=str)
+        if self._last.get("key") == key:
+            torch.set_rng_state(self._last["torch"])
+            np.random.set_state(self._last["numpy"])
+            random.setstate(self._last["python"])
+            return self._last["dataset"]
+        self._last.clear()
+        dataset = build()
+        self._last.update(key=key, dataset=dataset, torch=torch.get_rng_state(), numpy=np.random.get_state(),
+                          python=random.getstate())
+        return dataset

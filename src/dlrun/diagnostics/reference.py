@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from dlrun.data.base import DataInfo, Splits
-from dlrun.tasks.metrics import regression_metrics
+from dlrun.tasks.regression import regression_metrics
 from dlrun.models.linear import PolynomialFeatures
 
 

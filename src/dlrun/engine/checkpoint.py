@@ -158,6 +158,11 @@ def exists(directory: Path) -> bool:
     return any((directory / name).is_file() for name in (LAST, PREVIOUS))
 
 
+def best_in(directory: Path) -> Path | None:
+    """The checkpoint a trained run is used with: best.pt, else last.pt, else previous.pt (None: none of them)."""
+    return next((directory / name for name in (BEST, LAST, PREVIOUS) if (directory / name).is_file()), None)
+
+
 def load_latest(directory: Path) -> tuple[dict[str, Any], Path, list[str]]:
     """The newest loadable checkpoint of a run: last.pt, else previous.pt; with what was wrong with the others."""
     if not exists(directory):

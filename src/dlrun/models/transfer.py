@@ -1,8 +1,9 @@
 """Transfer learning and fine-tuning (course 3 §4.2): a trained network's layers, a new head for new classes.
 
 The backbone comes from a dl-run run (its saved config tells the architecture, its checkpoint the weights),
-from a torchvision architecture and its weights, or is pretrained here first on other classes of the same
-dataset (`pretrain_classes`, what the transfer_digits preset does). Its last linear layer is replaced by a
+from a torchvision architecture and its weights, or is pretrained first on other classes of the same
+dataset (`pretrain_classes`, what the transfer_digits preset does: dlrun.run.pretrain trains it before the
+model is built, and hands this builder the trained run as its source). Its last linear layer is replaced by a
 new one with the new number of outputs. Then either only the head trains (`freeze=true`: the backbone is a
 fixed feature extractor, its batch-norm statistics frozen too) or every layer, or the last N, fine-tune
 (`freeze=false`, `trainable_blocks=N`), the backbone at its own learning rate (`backbone_lr`).
@@ -10,11 +11,6 @@ fixed feature extractor, its batch-norm statistics frozen too) or every layer, o
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dlrun.engine import checkpoint
-from dlrun.data.base import DataInfo, Dataset
+from dlrun.engine.resume import architecture_mismatch
+from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.registry import MODELS
 
@@ -101,19 +98,9 @@ def _blocks(net: nn.Module, head: nn.Module) -> list[list[nn.Module]]:
     return blocks
 
 
-def _mismatch(saved: dict[str, torch.Tensor], current: dict[str, torch.Tensor]) -> list[str]:
-    lines = [f"'{k}' {tuple(v.shape)} is in the checkpoint but not in the architecture" for k, v in saved.items()
-             if k not in current]
-    lines += [f"'{k}' {tuple(v.shape)} is in the architecture but not in the checkpoint" for k, v in current.items()
-              if k not in saved]
-    lines += [f"'{k}' is {tuple(saved[k].shape)} in the checkpoint but {tuple(current[k].shape)} in the architecture"
-              for k in saved if k in current and saved[k].shape != current[k].shape]
-    return lines
-
-
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str, advice: str) -> None:
     """Load a state dict whose layers must match the architecture's, or refuse naming the layers and shapes."""
-    lines = _mismatch(state, net.state_dict())
+    lines = architecture_mismatch(state, net.state_dict(), "the architecture")
     if lines:
         shown = "; ".join(lines[:8]) + (f"; and {len(lines) - 8} more" if len(lines) > 8 else "")
         raise ConfigError(f"The backbone weights in {source} do not fit its architecture: {shown}. {advice}",
@@ -135,8 +122,7 @@ def from_run(source: str, info: DataInfo) -> tuple[nn.Module, str]:
         ckpt, run_dir = path, path.parent.parent
     else:
         run_dir = path
-        ckpt = next((run_dir / "checkpoints" / n for n in ("best.pt", checkpoint.LAST)
-                     if (run_dir / "checkpoints" / n).is_file()), run_dir / "checkpoints" / "best.pt")
+        ckpt = checkpoint.best_in(run_dir / "checkpoints") or run_dir / "checkpoints" / checkpoint.BEST
     config = run_dir / ".hydra" / "config.yaml"
     if not ckpt.is_file() or not config.is_file():
         raise ConfigError(f"'model.source={source}' is not a dl-run run directory with a checkpoint: expected "
@@ -201,49 +187,10 @@ def from_torchvision(arch: str, weights: str | None, download: bool, info: DataI
     return net, f"{where} (torchvision {arch})"
 
 
-def pretrain(backbone: dict[str, Any], classes: list[int], epochs: int, lr: float, seed: int,
-             load_classes: Callable[[list[int]], Dataset], folder: str) -> str:
-    """Train `backbone` on `classes` of the dataset, once: the run directory is kept and reused by its settings."""
-    from dlrun.data.prepare import Prepare
-    from dlrun.logger import NullLogger
-    from dlrun.components.losses import LOSSES
-    from dlrun.components.optim import OPTIMIZERS, Schedule
-    from dlrun.engine.trainer import TrainerOptions, fit, resolve_device
-
-    data = load_classes(list(classes))
-    key = json.dumps({"backbone": backbone, "classes": list(classes), "epochs": epochs, "lr": lr, "seed": seed,
-                      "data": data.info.name, "train": len(data.splits.x_train)}, sort_keys=True)
-    run_dir = Path(folder).expanduser() / f"{data.info.name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-    if (run_dir / "checkpoints" / "best.pt").is_file():
-        return str(run_dir)
-    device = resolve_device("auto")
-    torch.manual_seed(seed)
-    net = MODELS.build(backbone, key="model.backbone", info=data.info, out_features=len(classes)).to(device)
-    loss = LOSSES.build({"name": "cross_entropy"}, info=data.info)
-    optimizer = OPTIMIZERS.build({"name": "adam", "lr": lr}, params=net.parameters())
-    opts = TrainerOptions(epochs=epochs, progress=False, monitor="val/accuracy")
-    # Written beside its final place, then renamed: a run stopped half-way leaves nothing that looks finished.
-    partial = run_dir.with_name(f"{run_dir.name}.partial{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / ".hydra").mkdir(parents=True)
-    fit(net, loss, optimizer, Schedule(None), data.splits.to(device), data.info, opts, device, NullLogger(),
-        partial / "checkpoints", {}, Prepare(data.info, None, device),
-        generator=torch.Generator().manual_seed(seed))
-    OmegaConf.save(OmegaConf.create({"model": backbone, "pretrain": json.loads(key)}),
-                   partial / ".hydra" / "config.yaml")
-    try:
-        partial.rename(run_dir)
-    except OSError:  # another job of the sweep finished the same pretraining first: use its run
-        shutil.rmtree(partial, ignore_errors=True)
-    return str(run_dir)
-
-
 @MODELS.register("transfer")
-def build_transfer(
+def build_transfer(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
     info: DataInfo,
     out_features: int,
-    seed: int = 0,
-    load_classes: Callable[[list[int]], Dataset] | None = None,
     source: str | None = None,
     arch: str | None = None,
     weights: str | None = None,
@@ -253,7 +200,6 @@ def build_transfer(
     pretrain_epochs: int = 20,
     pretrain_lr: float = 0.001,
     pretrain_dir: str | None = None,
-    run_dir: Path | None = None,
     pretrained: bool = True,
     freeze: bool = True,
     trainable_blocks: int | None = None,
@@ -276,21 +222,13 @@ def build_transfer(
         net, where = from_run(source, info)
     elif arch:
         net, where = from_torchvision(arch, weights, download, info)
-    else:
-        if backbone is None or load_classes is None:
-            raise ConfigError("'model.pretrain_classes' needs model.backbone, the model config to pretrain, e.g. "
-                              "{name: cnn, channels: [16, 32]}.", key="model.backbone")
-        if pretrain_epochs < 1:
-            raise ConfigError(f"'model.pretrain_epochs={pretrain_epochs}' must be at least 1.",
-                              key="model.pretrain_epochs")
-        if pretrained:
-            # Beside the run: in a sweep, its jobs share the sweep's folder and pretrain once.
-            folder = pretrain_dir or str(Path(run_dir or "outputs").parent / "pretrained")
-            net, where = from_run(pretrain(dict(backbone), pretrain_classes, pretrain_epochs, pretrain_lr, seed,
-                                           load_classes, folder), info)
-        else:  # the same architecture from random weights: training from scratch, the baseline transfer must beat
-            net = MODELS.build(dict(backbone), key="model.backbone", info=info, out_features=len(pretrain_classes))
-            where = "random weights"
+    elif backbone is None:
+        raise ConfigError("'model.pretrain_classes' needs model.backbone, the model config to pretrain, e.g. "
+                          "{name: cnn, channels: [16, 32]}.", key="model.backbone")
+    else:  # pretrained=false: the same architecture from random weights, the baseline transfer must beat
+        # (pretrained=true never gets here: the experiment pretrains first and gives the trained run as source)
+        net = MODELS.build(dict(backbone), key="model.backbone", info=info, out_features=len(pretrain_classes))
+        where = "random weights"
     if not pretrained and where != "random weights":  # the same architecture, its learned weights thrown away
         for module in net.modules():
             if hasattr(module, "reset_parameters"):

@@ -1,4 +1,5 @@
-"""After a multirun: one row per job, sorted by the monitored metric, as CSV, Markdown and a figure."""
+"""A sweep's bookkeeping, and after it one row per job, sorted by the monitored metric, as CSV, Markdown and a
+figure."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlrun.views import figures
-from dlrun.tasks.metrics import monitor_mode
+from dlrun.data.reuse import DatasetCache
+from dlrun.tasks import monitor_mode
+from dlrun.views import console, figures
+
+# Overrides that change how a run looks, not what it computes: left out of the names of sweep rows.
+QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
 
 
 @dataclass
@@ -121,3 +126,77 @@ def write(sweep_dir: Path, jobs: list[JobResult]) -> list[Path]:
         paths.append(figures.save(figures.curves_figure(curves, "validation loss", "validation loss per epoch"),
                                   sweep_dir / "val_curves.png"))
     return paths
+
+
+class SweepJobs:
+    """What each job of one `dl-run -m` ended with, and the dataset its jobs share; a multirun keeps going past a
+    bad job and reports every job at the end. One per invocation of dl-run: the CLI makes it and hands it on."""
+
+    def __init__(self) -> None:
+        self.jobs: list[JobResult] = []
+        self.crashed: list[str] = []  # jobs that failed on something other than the user's input
+        self.sweep_dir: Path | None = None
+        self.search = False  # a search (Optuna) rather than a grid: failed trials are part of it
+        self.datasets = DatasetCache()  # the next job with the same dataset settings takes this one's
+
+    def record(self, job: JobResult, crashed: bool = False) -> None:
+        self.jobs.append(job)
+        if crashed:
+            self.crashed.append(job.name)
+
+    def read_back(self, sweep_dir: Path) -> None:
+        """The jobs ran in other processes (joblib, submitit): their results, from the sweep directory."""
+        jobs, crashed = read_jobs(sweep_dir, QUIET_KEYS)
+        self.jobs.extend(jobs)
+        self.crashed.extend(crashed)
+        self.sweep_dir = sweep_dir
+
+    def exit_code(self) -> int:
+        """0, or 1 if a job crashed, else 2 if one failed on its input; a search that found a best trial is 0."""
+        if self.search and any(job.status == "completed" for job in self.jobs):
+            return 0  # its failed trials are in the table
+        if self.crashed:
+            return 1
+        return 2 if any(job.status == "failed" for job in self.jobs) else 0
+
+    def report(self) -> None:
+        """The sweep table in the terminal, and summary.csv, summary.md and val_curves.png beside the jobs."""
+        jobs, sweep_dir = self.jobs, self.sweep_dir
+        failed = sum(job.status == "failed" for job in jobs)
+        # Name each row by what differs between the jobs; what they share goes in the title.
+        common = set.intersection(*(set(job.name.split()) for job in jobs)) if jobs else set()
+        console.results_table(_shown_rows(jobs, common), title=f"sweep: {len(jobs) - failed} finished job(s)"
+                              + (f", {failed} failed" if failed else "") + ", best first"
+                              + (f" (all with {' '.join(sorted(common))})" if common and len(jobs) > 1 else ""))
+        for job in jobs:
+            if job.status == "failed":
+                console.console.print(f"failed: {job.name}: {job.error}", soft_wrap=True)
+        best = best_command(jobs, QUIET_KEYS)
+        if best is not None:
+            console.console.print(best, soft_wrap=True)
+        if sweep_dir.is_dir():
+            paths = write(sweep_dir, jobs)
+            console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
+        console.console.print(f"Compare the runs:  tensorboard --logdir {sweep_dir.resolve()}", soft_wrap=True)
+
+
+def _shown_rows(jobs: list[JobResult], common: set[str]) -> dict[str, dict]:
+    """The terminal's rows: the essentials (summary.csv has every column), named by what differs."""
+    shown: dict[str, dict] = {}
+    for row in rows(jobs):
+        label = " ".join(_short(o) for o in str(row["job"]).split() if o not in common) or str(row["job"])
+        if label in shown:  # a search may try the same values twice: each trial keeps its row
+            label = f"{label} ({Path(str(row['run_dir'])).name})"
+        shown[label] = {k: v for k, v in row.items()
+                        if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
+    return shown
+
+
+def _short(override: str) -> str:
+    """`optimizer.lr=0.004500455147931924` as `optimizer.lr=0.0045`, for the table (the command keeps every digit)."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if len(value) > 8 and "." in value else override

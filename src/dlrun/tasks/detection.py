@@ -15,6 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlrun.data.base import DataInfo
+from dlrun.tasks.base import TASKS, Choices, Task, refuse_moving_augmentation
+from dlrun.views.dense import boxes_view
+
 BOX_FIELDS = 5  # objectness, x, y, sqrt(w), sqrt(h)
 
 
@@ -167,27 +171,26 @@ def detection_metrics(output: torch.Tensor, boxes: torch.Tensor, num_classes: in
     return {"map50": scores["map50"]}
 
 
-def draw_detections(images: torch.Tensor, output: torch.Tensor, boxes: torch.Tensor, names: list[str],
-                    score_threshold: float = 0.5, scale: int = 4) -> torch.Tensor:
-    """uint8 images with true boxes (green) and detections scoring >= score_threshold (red), enlarged; 0..1."""
-    from torchvision.utils import draw_bounding_boxes
+@TASKS.register("detection")
+class Detection(Task):
+    """model(image) -> a grid of boxes, objectness and class scores (model=yolo by its preset), scored by mAP@0.5."""
 
-    images = _as_rgb(images, scale)
-    side = images.shape[-1]
-    drawn = []
-    for image, det, truth in zip(images, decode(output, score_threshold), ground_truth(boxes)):
-        if len(truth["boxes"]):
-            image = draw_bounding_boxes(image, truth["boxes"].cpu() * side, colors="lime")
-        if len(det["boxes"]):
-            labels = [f"{names[int(c)]} {s:.2f}" for c, s in zip(det["labels"], det["scores"])]
-            image = draw_bounding_boxes(image, det["boxes"].cpu() * side, labels=labels, colors="red")
-        drawn.append(image)
-    return torch.stack(drawn).float() / 255
+    name = "detection"
+    metric_names = ("map50",)
+    main_metric = "map50"
+    higher_is_better = frozenset({"map50"})
+    default_loss = "yolo"
+    preset = "detection"
+    lacks = " (it has no boxes)"
+    example_dataset = " such as shapes"
+    epoch_views = (boxes_view,)
 
+    @classmethod
+    def refuse(cls, choices: Choices) -> None:
+        super().refuse(choices)
+        refuse_moving_augmentation(cls, choices.augment, "boxes")
 
-def _as_rgb(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """uint8 (N, 1 or 3, H, W) on the CPU as 3 channels, each pixel repeated scale x scale times (to draw on)."""
-    images = images.detach().cpu()
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3).contiguous()
+    def metrics(self, model: nn.Module, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, info: DataInfo,
+                batch_size: int) -> dict[str, float]:
+        return detection_metrics(outputs, y, info.num_classes)
+

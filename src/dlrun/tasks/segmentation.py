@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from dlrun.tasks.detection import _as_rgb
+from dlrun.data.base import DataInfo
+from dlrun.tasks.base import TASKS, Choices, Task, refuse_moving_augmentation
+from dlrun.views.dense import masks_view
+
 
 
 def confusion(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -26,23 +30,25 @@ def segmentation_metrics(predicted: torch.Tensor, target: torch.Tensor, num_clas
             "dice": float(dice.mean())}
 
 
-# One colour per class (background left clear): red, green, blue, then yellow, magenta, cyan.
-COLOURS = ["red", "lime", "blue", "yellow", "magenta", "cyan"]
+@TASKS.register("segmentation")
+class Segmentation(Task):
+    """model(image) -> one score per class at every pixel; a U-Net (model=unet) by its preset."""
 
+    name = "segmentation"
+    metric_names = ("pixel_accuracy", "mean_iou", "dice")
+    main_metric = "mean_iou"
+    higher_is_better = frozenset({"pixel_accuracy", "mean_iou", "dice"})
+    default_loss = "cross_entropy"
+    preset = "segmentation"
+    lacks = " (it has no per-pixel masks)"
+    example_dataset = " such as shapes"
+    epoch_views = (masks_view,)
 
-def draw_masks(images: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor, num_classes: int,
-               scale: int = 4) -> torch.Tensor:
-    """Each uint8 image twice, side by side: the true classes, then the predicted ones, painted over it; 0..1."""
-    from torchvision.utils import draw_segmentation_masks
+    @classmethod
+    def refuse(cls, choices: Choices) -> None:
+        super().refuse(choices)
+        refuse_moving_augmentation(cls, choices.augment, "masks")
 
-    images = _as_rgb(images, scale)
-    colours = [COLOURS[(c - 1) % len(COLOURS)] for c in range(1, num_classes)]
-    tiles = []
-    for image, pred, true in zip(images, predicted.cpu(), target.cpu()):
-        pair = []
-        for classes in (true, pred):
-            big = classes.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-            masks = torch.stack([big == c for c in range(1, num_classes)])
-            pair.append(draw_segmentation_masks(image, masks, alpha=0.45, colors=colours))
-        tiles.append(torch.cat(pair, dim=2))
-    return torch.stack(tiles).float() / 255
+    def metrics(self, model: nn.Module, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, info: DataInfo,
+                batch_size: int) -> dict[str, float]:
+        return segmentation_metrics(self.loss_fn.predict_classes(outputs), y, info.num_classes)

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlrun.data.base import DataInfo
-from dlrun.models.autoencoder import VAE, VAEOutput
-from dlrun.models.gan import GAN
+from dlrun.engine.evaluating import evaluating
+from dlrun.tasks.protocols import Variational, unwrapped
+from dlrun.views import EpochView, ViewInputs, logs
 
 PANEL = 8  # images per row
 TRAVERSAL = torch.linspace(-2.5, 2.5, 9)  # code values, in prior standard deviations, along each traversed axis
@@ -32,59 +32,63 @@ def grid(rows: list[torch.Tensor], per_row: int = PANEL, min_side: int = 56) -> 
     return make_grid(images, nrow=per_row, padding=2, pad_value=1.0).unsqueeze(0)
 
 
-def _base(model: nn.Module) -> nn.Module:
-    return model[0] if isinstance(model, nn.Sequential) and len(model) == 2 else model
+def _unstandardise(inputs: ViewInputs) -> Callable:
+    return getattr(inputs.prepare, "unstandardise", lambda t: t)
 
 
-class _EvalMode:
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.model.train(self.was)
+def _images(inputs: ViewInputs, x: torch.Tensor) -> bool:
+    return len(inputs.info.input_shape) == 3 and logs(inputs) and len(x) > 0  # only images are drawn
 
 
-def epoch_view(info: DataInfo, model: nn.Module, x: torch.Tensor, prepare: Callable, logger: Any,
-               tag: str = "val") -> Callable[[nn.Module, int], None] | None:
-    """A function (model, step) that logs the reconstruction or GAN images; None when there is nothing to show."""
-    if len(info.input_shape) != 3 or getattr(logger, "log_dir", None) is None or len(x) == 0:
-        return None  # only images are drawn; the NullLogger writes nothing
-    unstandardise = getattr(prepare, "unstandardise", lambda t: t)
-    noise = torch.Generator().manual_seed(0)  # fixed: every epoch's grid shows the same inputs or noise
-    base = _base(model)
-    if isinstance(base, GAN):
-        z = torch.randn(PANEL * PANEL, base.latent_dim, generator=noise)
-
-        @torch.no_grad()
-        def gan_view(model: nn.Module, step: int) -> None:
-            with _EvalMode(model):
-                samples = model.generator(z.to(x.device))
-            logger.images("gan/samples", grid([unstandardise(samples)]), step)
-        return gan_view
-
-    panel = x[torch.linspace(0, len(x) - 1, min(PANEL, len(x))).round().long().to(x.device)]
-    std = getattr(getattr(base, "noise", None), "std", 0.0)
-    corruption = torch.randn(panel.shape, generator=noise) * std
+def gan_view(inputs: ViewInputs) -> EpochView | None:
+    """A GAN's samples from a fixed noise batch: one grid per epoch shows the same generator inputs improving."""
+    if not _images(inputs, inputs.splits.x_val):
+        return None
+    gan = unwrapped(inputs.model)
+    z = torch.randn(PANEL * PANEL, gan.latent_dim, generator=torch.Generator().manual_seed(0))
+    device, unstandardise = inputs.splits.x_val.device, _unstandardise(inputs)
 
     @torch.no_grad()
-    def reconstruction_view(model: nn.Module, step: int) -> None:
+    def view(model: nn.Module, step: int) -> None:
+        with evaluating(model):
+            samples = model.generator(z.to(device))
+        inputs.logger.images("gan/samples", grid([unstandardise(samples)]), step)
+    return view
+
+
+def reconstruction_view(inputs: ViewInputs, tag: str = "val") -> EpochView | None:
+    """Reconstructions beside their inputs (and a denoising autoencoder's noisy inputs); a VAE's samples too."""
+    x = inputs.splits.x_val if tag == "val" else inputs.splits.x_test
+    if not _images(inputs, x):
+        return None
+    base, prepare, unstandardise = unwrapped(inputs.model), inputs.prepare, _unstandardise(inputs)
+    panel = x[torch.linspace(0, len(x) - 1, min(PANEL, len(x))).round().long().to(x.device)]
+    std = getattr(getattr(base, "noise", None), "std", 0.0)
+    corruption = torch.randn(panel.shape, generator=torch.Generator().manual_seed(0)) * std
+
+    @torch.no_grad()
+    def view(model: nn.Module, step: int) -> None:
         clean = prepare(panel)
-        inputs = clean + corruption.to(clean.device) if std else clean  # a denoising autoencoder's noisy inputs
-        with _EvalMode(model):
-            output = model(inputs)
-            reconstruction = output.reconstruction if isinstance(output, VAEOutput) else output
-            rows = [inputs, reconstruction.reshape(inputs.shape)] + ([clean] if std else [])
-            logger.images(f"{tag}/reconstructions", grid([unstandardise(r) for r in rows], len(panel)), step)
-            if isinstance(base, VAE):
-                log_vae_views(base, unstandardise, logger, step, clean.device)
-    return reconstruction_view
+        noisy = clean + corruption.to(clean.device) if std else clean  # a denoising autoencoder's noisy inputs
+        with evaluating(model):
+            output = model(noisy)
+            reconstruction = getattr(output, "reconstruction", output)  # a VAE's output carries its code too
+            rows = [noisy, reconstruction.reshape(noisy.shape)] + ([clean] if std else [])
+            inputs.logger.images(f"{tag}/reconstructions", grid([unstandardise(r) for r in rows], len(panel)), step)
+            if isinstance(base, Variational):
+                log_vae_views(base, unstandardise, inputs.logger, step, clean.device)
+    return view
+
+
+def test_reconstructions(inputs: ViewInputs, step: int) -> None:
+    """After the test (logger.figures on): the reconstruction view over test images."""
+    view = reconstruction_view(inputs, tag="test") if inputs.logger.figures else None
+    if view is not None:
+        view(inputs.model, step)
 
 
 @torch.no_grad()
-def log_vae_views(vae: VAE, unstandardise: Callable, logger: Any, step: int, device: torch.device) -> None:
+def log_vae_views(vae: Variational, unstandardise: Callable, logger: Any, step: int, device: torch.device) -> None:
     """Decoded samples of the prior N(0, I), and a traversal: one code axis per row from -2.5 to 2.5, others 0."""
     z = torch.randn(PANEL * PANEL, vae.latent_dim, generator=torch.Generator().manual_seed(1)).to(device)
     logger.images("vae/prior_samples", grid([unstandardise(vae.decode(z))]), step)

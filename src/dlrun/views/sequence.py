@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo
-from dlrun.models.decoding import greedy_decode, to_text
 from dlrun.engine.evaluating import evaluating
-from dlrun.tasks.metrics import naive_forecasts
+from dlrun.models.decoding import greedy_decode, to_text
+from dlrun.views import EpochView, ViewInputs, draws, logs
 
 EXAMPLES = 4  # validation windows drawn, or sequences decoded, each epoch
 
 
-def epoch_view(info: DataInfo, x: torch.Tensor, y: torch.Tensor,
-               logger: Any) -> Callable[[nn.Module, int], None] | None:
-    """A function (model, step) that logs the task's view of a few validation samples; None if it has none."""
-    if info.sequence is None or getattr(logger, "log_dir", None) is None or len(x) == 0:
-        return None
+def _examples(inputs: ViewInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few validation samples spread over the split: the same ones every epoch."""
+    x, y = inputs.splits.x_val, inputs.splits.y_val
     pick = torch.linspace(0, len(x) - 1, min(EXAMPLES, len(x))).round().long().to(x.device)
-    xs, ys = x[pick], y[pick]
-    if info.task == "seq2seq":
-        return lambda model, step: logger.text("val/decoded", decoded_examples(model, xs, ys, info), step)
-    if info.sequence.forecasting and getattr(logger, "figures", True):  # logger.figures=false: no figures
-        return lambda model, step: logger.figure("val/forecasts", forecast_figure(model, xs, ys, info), step)
-    return None
+    return x[pick], y[pick]
+
+
+def decoded_view(inputs: ViewInputs) -> EpochView | None:
+    """seq2seq: a table of sources, greedy decodings and expected outputs in the Text tab."""
+    if not logs(inputs) or len(inputs.splits.x_val) == 0:
+        return None
+    xs, ys = _examples(inputs)
+    return lambda model, step: inputs.logger.text("val/decoded", decoded_examples(model, xs, ys, inputs.info), step)
+
+
+def forecast_view(inputs: ViewInputs) -> EpochView | None:
+    """Forecasting: a few validation windows, their true future, the network's and the naive forecasts."""
+    seq = inputs.info.sequence
+    if seq is None or not seq.forecasting or not draws(inputs) or len(inputs.splits.x_val) == 0:
+        return None
+    xs, ys = _examples(inputs)
+    return lambda model, step: inputs.logger.figure("val/forecasts", forecast_figure(model, xs, ys, inputs.info),
+                                                    step)
 
 
 @torch.no_grad()
@@ -40,6 +48,8 @@ def forecast_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: Da
     """Each window's past, its true future, the network's forecast and the naive one, in original units."""
     from matplotlib.figure import Figure  # imported lazily: only forecasting draws figures
 
+    from dlrun.tasks.regression import naive_forecasts
+
     seq = info.sequence
     mean = float(info.target_mean[0]) if info.target_mean is not None else 0.0
     std = float(info.target_std[0]) if info.target_std is not None else 1.0
@@ -49,9 +59,9 @@ def forecast_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: Da
     past, future = range(-seq.length + 1, 1), range(1, seq.horizon + 1)
     figure = Figure(figsize=(10, 2.4 * ((len(x) + 1) // 2)), layout="constrained")
     axes = figure.subplots((len(x) + 1) // 2, 2, squeeze=False).flatten()
+    marker = "o" if seq.horizon == 1 else None
     for i, ax in enumerate(axes[:len(x)]):
         ax.plot(past, scale(x[i, :, seq.target_feature]), color="0.5", label="input window")
-        marker = "o" if seq.horizon == 1 else None
         ax.plot(future, scale(y[i]), color="black", marker=marker, label="true")
         ax.plot(future, scale(predicted[i]), color="tab:blue", marker=marker, label="forecast")
         ax.plot(future, scale(naive["naive"][i]), color="tab:orange", linestyle="--", marker=marker,

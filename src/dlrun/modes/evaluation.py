@@ -1,0 +1,27 @@
+"""mode=eval: score a trained run again, on its own dataset or another one with the same inputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dlrun.modes.trained import load_trained
+from dlrun.views import console
+
+if TYPE_CHECKING:
+    from dlrun.run.experiment import Experiment
+
+
+def run_eval(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
+    """mode=eval resume=<run dir>: score the trained model on every split (of its dataset, or another one)."""
+    path = load_trained(exp)
+    with torch.no_grad():
+        results = {split: exp.task.evaluate(exp.model, *exp.splits.split(split), exp.info,  # the run's task scores it
+                                            exp.opts.eval_batch_size, exp.prepare) for split in ("train", "val", "test")}
+    console.results_table(results, title=f"{exp.run_dir.name} ({path.name}) on dataset {exp.info.name}")
+    metrics = {"status": "completed", "mode": "eval", "dataset": exp.info.name, "checkpoint": str(path),
+               "test": results["test"], "evaluation": results, "overrides": overrides}
+    out = exp.directory.write_json(f"eval_{exp.info.name}.json", metrics)
+    console.console.print(f"Written: {out}", soft_wrap=True)
+    return metrics

@@ -1,0 +1,47 @@
+"""mode=lr_find: the learning-rate finder; the loss against a rising learning rate, and a suggestion."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dlrun.diagnostics.lr_finder import find_lr
+from dlrun.logger import LOGGERS
+from dlrun.registry import check_arguments
+from dlrun.views import console, figures
+
+if TYPE_CHECKING:
+    from dlrun.run.experiment import Experiment
+
+
+def run_lr_find(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
+    """mode=lr_find: sweep the learning rate, plot loss against it, suggest one; the weights are thrown away."""
+    cfg = exp.cfg
+    inputs = {"model": exp.model, "loss_fn": exp.loss, "optimizer": exp.optimizer, "x": exp.splits.x_train,
+              "y": exp.splits.y_train, "batch_size": exp.opts.batch_size_for(len(exp.splits.x_train)),
+              "generator": torch.Generator().manual_seed(cfg["seed"]), "prepare": exp.prepare}
+    finding = find_lr(**check_arguments(find_lr, cfg.get("lr_find") or {}, "lr_find", inputs))
+    logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir)
+    for step, (lr, loss) in enumerate(zip(finding.lrs, finding.losses), start=1):
+        logger.scalars({"lr_find/loss": loss, "lr_find/lr": lr}, step)
+    figure = figures.curves_figure({"smoothed training loss": list(zip(finding.lrs, finding.losses))},
+                                   "loss", "learning-rate finder", log_x=True, xlabel="learning rate")
+    if finding.suggestion is not None:
+        figure.axes[0].axvline(finding.suggestion, color="red", linestyle="--", linewidth=1)
+    logger.figure("lr_find/curve", figure, len(finding.lrs), close=False)
+    png = figures.save(figure, exp.directory.file("lr_find.png"))
+    logger.close()
+    metrics = {"status": "completed", "mode": "lr_find", "suggested_lr": finding.suggestion,
+               "exploded": finding.stopped_early, "lrs": finding.lrs, "losses": finding.losses,
+               "overrides": overrides}
+    exp.directory.write_metrics(metrics)
+    if finding.suggestion is None:
+        console.print_warning("The loss never fell: widen the range (lr_find.min_lr, lr_find.max_lr).")
+    else:
+        rest = " ".join(o for o in overrides if not o.startswith(("mode=", "lr_find.")))
+        console.console.print(f"Suggested learning rate: {finding.suggestion:.3g} (steepest fall of the loss). "
+                              f"Train with it:\n  dl-run {rest + ' ' if rest else ''}"
+                              f"optimizer.lr={finding.suggestion:.3g}", soft_wrap=True)
+    console.console.print(f"Loss against learning rate: {png}", soft_wrap=True)
+    return metrics

@@ -1,0 +1,268 @@
+"""Training one experiment, as named steps: start or resume, announce, train, score the best checkpoint, report."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dlrun.data.reuse import DatasetCache
+from dlrun.diagnostics.curves import Verdict
+from dlrun.diagnostics.gradients import GradientMonitor
+from dlrun.diagnostics.startup import batch_summary
+from dlrun.engine import distributed
+from dlrun.engine.resume import TrainState, restore
+from dlrun.engine.signals import StopOnSignal
+from dlrun.engine.trainer import Trainer, TrainingOutputs
+from dlrun.errors import ConfigError
+from dlrun.logger import LOGGERS, Logger
+from dlrun.run.experiment import Experiment, hparams_of
+from dlrun.views import all_of, console
+
+
+def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str],
+        datasets: DatasetCache | None = None) -> dict[str, Any]:
+    """Train (or resume) one experiment, or run its mode; return what metrics.json holds."""
+    from dlrun.modes import MODES
+
+    cfg = OmegaConf.to_container(cfg_node, resolve=True)
+    started = time.perf_counter()
+    exp = Experiment(cfg, run_dir, datasets)
+    mode = MODES[cfg["mode"]]
+    if mode is not None:
+        return mode(exp, overrides)
+    training = TrainingRun(exp, cfg_node, overrides, started)
+    training.start_or_resume()
+    training.announce()
+    if not training.train():
+        return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores and reports
+    return training.report()
+
+
+class TrainingRun:
+    """The steps of `dl-run` in train mode, over one Experiment and its run directory."""
+
+    def __init__(self, exp: Experiment, cfg_node: DictConfig, overrides: list[str], started: float) -> None:
+        self.exp, self.cfg_node, self.overrides, self.started = exp, cfg_node, overrides, started
+        self.cfg = exp.cfg
+        self.directory = exp.directory
+        self.generator = torch.Generator().manual_seed(self.cfg["seed"])
+        self.state: TrainState | None = None
+        self.chance: float | None = None
+        self.initial: tuple[float | None, str | None] = (None, None)
+        self.vanishing: str | None = None
+        self.gradient_ratio: float | None = None
+
+    # ---- start or resume ------------------------------------------------------------------------------------------
+
+    def start_or_resume(self) -> None:
+        """A new run prints its config; `resume=` (or a cluster's requeue) puts the run back where it stopped."""
+        # A job that a cluster tool requeued after pre-empting it starts again in its own run directory.
+        requeued = (not self.cfg.get("resume") and bool(os.environ.get("SUBMITIT_EXECUTOR"))
+                    and self.directory.has_checkpoint())
+        if self.cfg.get("resume") or requeued:
+            self._resume(requeued)
+        else:
+            console.config_tree(self.cfg)
+        for leftover in self.directory.remove_temporary() if distributed.is_main() else []:
+            console.console.print(f"Removed {leftover.name}, a checkpoint whose writing was interrupted.")
+
+    def _resume(self, requeued: bool) -> None:
+        ckpt, path, problems = self.directory.load_latest()
+        refuse_changed_optimizer(self.cfg, ckpt.get("config"), path)
+        self.state = state = restore(ckpt, self.exp.parts, self.generator, path)
+        # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
+        for problem in problems:
+            console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
+        if distributed.launched():
+            distributed.broadcast(None)  # every rank has read the checkpoint before rank 0 moves any file
+        if problems and distributed.is_main():
+            self.directory.set_aside_last()
+        if not requeued and distributed.is_main():
+            self.directory.record_config(self.cfg_node, self.overrides)
+        within = f" (batch {state.batch} of epoch {state.epoch + 1})" if state.batch else ""
+        console.console.print(f"{'Requeued: r' if requeued else 'R'}esuming from epoch {state.epoch}, step "
+                              f"{state.step}{within} ({path})")
+
+    # ---- announce -------------------------------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """The model table, the device and data, and how the untrained model starts against chance."""
+        exp = self.exp
+        rows, total, trainable = exp.summary
+        console.model_table(rows, total, trainable, exp.info.input_shape)
+        batch = exp.opts.batch_size_for(len(exp.splits.x_train))
+        console.console.print(f"device {exp.device} ({exp.threads} CPU thread{'s' * (exp.threads > 1)}), "
+                              f"{len(exp.splits.x_train)} train / {len(exp.splits.x_val)} val / "
+                              f"{len(exp.splits.x_test)} test samples, task {exp.info.task}, loss {exp.loss.name}")
+        if distributed.launched():
+            console.console.print(f"data parallel: {distributed.world_size()} processes, global batch {batch} "
+                                  f"(about {batch // distributed.world_size()} per process)")
+        if exp.lr_scale != 1.0:
+            console.console.print(f"learning rate scaled ×{exp.lr_scale:.3g} for batch size {batch}: "
+                                  f"{exp.optimizer.param_groups[0]['lr']:.4g}")
+        self.chance, initial, warning = exp.task.startup_check(
+            exp.model, exp.prepare(exp.splits.x_train[:1024]), exp.splits.y_train[:1024], exp.data.splits.y_train,
+            exp.info)
+        self.initial = (initial, warning)
+        if self.state is None and initial is not None:
+            console.console.print(f"initial loss {initial:.4f} (a constant prediction scores {self.chance:.4f})")
+            if warning:
+                console.print_warning(warning)
+
+    # ---- train ----------------------------------------------------------------------------------------------------
+
+    def train(self) -> bool:
+        """Train to the end; then, on rank 0, score and log the best checkpoint. False on the other ranks."""
+        exp, state = self.exp, self.state
+        if distributed.is_main():  # rank 0 logs
+            logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir, purge_step=state.step + 1 if state else None)
+        else:
+            logger = LOGGERS.build({"name": "none"}, run_dir=exp.run_dir)
+        if state is None:
+            size = exp.opts.batch_size_for(len(exp.splits.x_train))
+            logger.text("data/first_batch", batch_summary(exp.prepare(exp.splits.x_train[:size]),
+                                                          exp.splits.y_train[:size], exp.info.feature_names), 0)
+        monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
+                   if logger.gradients_every_n_steps else None)
+        try:
+            self.state = self._fit(logger, monitor)
+            if not distributed.is_main():
+                return False
+            if monitor is not None:
+                self.vanishing, self.gradient_ratio = monitor.vanishing_warning(), monitor.median_ratio()
+            if self.vanishing:
+                console.print_warning(self.vanishing)
+                logger.text("diagnosis/gradient_flow", self.vanishing, self.state.step)
+            self.score_best(logger)
+        finally:
+            if monitor is not None:
+                monitor.close()
+            logger.close()
+        return True
+
+    def _fit(self, logger: Logger, monitor: GradientMonitor | None) -> TrainState:
+        exp = self.exp
+        inputs = exp.view_inputs(logger, self.state.epoch if self.state is not None else 0)
+        view = all_of([make(inputs) for make in exp.task.epoch_views])
+        extra = {"config": OmegaConf.to_yaml(self.cfg_node, resolve=True), "scaling": exp.info.scaling()}
+        with console.EpochProgress(exp.opts.progress) as progress, StopOnSignal() as stop, \
+                torch.autograd.set_detect_anomaly(exp.opts.detect_anomaly):
+            outputs = TrainingOutputs(exp.directory, logger, progress, monitor, stop, view, extra)
+            try:
+                return Trainer(exp.parts, outputs, self.state, self.generator).fit()
+            except RuntimeError as err:
+                if exp.opts.detect_anomaly and "nan" in str(err).lower():
+                    raise FloatingPointError(f"trainer.detect_anomaly: {err} The warning above shows the forward "
+                                             f"operation that produced it.") from None
+                raise
+
+    # ---- score the best checkpoint --------------------------------------------------------------------------------
+
+    def score_best(self, logger: Logger) -> None:
+        """Test once, after training, on the best checkpoint (course 1 §6); its views and the verdict."""
+        exp, state = self.exp, self.state
+        saved, self.best_path = self.directory.load_best()
+        exp.model.load_state_dict(saved["model"])
+        self.results = {split: exp.task.evaluate(exp.model, *exp.splits.split(split), exp.info,
+                                                 exp.opts.eval_batch_size, exp.prepare)
+                        for split in ("train", "val", "test")}
+        final = {f"hparam/{split}/{k}": v for split, values in self.results.items() for k, v in values.items()}
+        logger.hparams(hparams_of(self.cfg), final, state.step)
+        inputs = exp.view_inputs(logger)
+        self.test_views: dict[str, Any] = {}
+        for view in exp.task.test_views:
+            self.test_views.update(view(inputs, state.step) or {})
+        self.verdict: Verdict = exp.task.verdict(state.history, self.chance)  # a GAN says it does not apply
+        logger.text("diagnosis/verdict", self.verdict.markdown(), state.step)
+
+    # ---- report ---------------------------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """The results in the terminal, curves.png, metrics.json; the run directory printed last."""
+        exp, state = self.exp, self.state
+        reference = exp.task.reference(exp.data, self.cfg["model"])
+        console.console.print(f"Scored once, with the best checkpoint ({self.best_path.name}, "
+                              f"epoch {state.best_epoch}):")
+        console.results_table(self.results, title="results")
+        if reference is not None:
+            console.results_table({k: v for k, v in reference.items() if k != "weights"},
+                                  title="closed-form least squares on the same features (course 1 §5.1)")
+        console.verdict_panel(self.verdict)
+        if state.history:
+            from dlrun.views import figures
+
+            figures.save(figures.run_curves_figure(state.history, exp.task.main_metric,
+                                                   f"{exp.info.name}: curves {self.verdict.case}"),
+                         self.directory.file("curves.png"))
+        metrics = self._metrics(self._overfit_check())
+        if reference is not None:
+            metrics["least_squares"] = reference
+        self.directory.write_metrics(metrics)
+        # soft_wrap: a long path stays on one line, so it can be copied whole.
+        console.console.print(f"\nRun directory: {exp.run_dir}\nOpen the curves:  tensorboard --logdir {exp.run_dir}",
+                              soft_wrap=True)
+        return metrics
+
+    def _overfit_check(self) -> dict[str, Any] | None:
+        """trainer.overfit_batches: did the training loss on those few batches fall near zero?"""
+        opts, state, chance = self.exp.opts, self.state, self.chance
+        if not opts.overfit_batches or chance is None:
+            return None
+        final = state.history[-1]["train/loss"] if state.history else math.inf
+        overfit = {"batches": opts.overfit_batches, "final_train_loss": final, "chance_loss": chance,
+                   "fits": final < 0.05 * chance}
+        message = f"overfit_batches={opts.overfit_batches}: the training loss went from {chance:.4g} (chance) to {final:.4g}"
+        if overfit["fits"]:
+            console.console.print(f"{message}: the model can learn these batches by heart, the pipeline works.",
+                                  soft_wrap=True)
+        else:
+            console.print_warning(f"{message}, not near zero: the model cannot even fit a few batches. Check the "
+                                  f"labels, the loss, the learning rate, or give the model more capacity.")
+        return overfit
+
+    def _metrics(self, overfit: dict[str, Any] | None) -> dict[str, Any]:
+        exp, state, results = self.exp, self.state, self.results
+        initial, warning = self.initial
+        return {
+            "status": "completed",
+            "verdict": self.verdict.as_dict(),
+            "overfit_check": overfit,
+            "initial_loss": {"value": initial, "chance": self.chance, "warning": warning},
+            "gradient_flow": {"first_over_last_median": self.gradient_ratio, "warning": self.vanishing},
+            "task": exp.info.task,
+            "dataset": exp.info.name,
+            "epochs_run": state.epoch,
+            "steps": state.step,
+            "stopped_early": state.stopped_early,
+            "best": {"epoch": state.best_epoch, "monitor": exp.opts.monitor, "value": state.best_value},
+            "test": results["test"],
+            "test_per_class_accuracy": self.test_views.get("test_per_class_accuracy"),
+            "evaluation": results,  # every split, scored with the best checkpoint
+            "last_epoch": state.history[-1] if state.history else {},
+            "parameters": exp.summary[1],
+            "train_seconds": round(state.train_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - self.started, 3),
+            "overrides": self.overrides,
+            "history": state.history,
+        }
+
+
+def refuse_changed_optimizer(cfg: dict[str, Any], saved_yaml: str | None, path: Path) -> None:
+    """A resumed run continues its optimizer and scheduler from their saved state, which holds their settings
+    (learning rate, momentum, schedule): a changed setting would be silently overwritten, so it is refused."""
+    if not saved_yaml:
+        return
+    saved = OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=True)
+    changed = [f"{group}.{key}={cfg[group].get(key)} (was {saved[group].get(key)})"
+               for group in ("optimizer", "scheduler") if isinstance(saved.get(group), dict)
+               for key in sorted(set(cfg[group]) | set(saved[group])) if cfg[group].get(key) != saved[group].get(key)]
+    if changed:
+        raise ConfigError(f"Resuming from {path} continues the optimizer and scheduler from their saved state, so "
+                          f"{', '.join(changed)} would have no effect. Resume without these overrides, or start a new "
+                          f"run with them.", key=changed[0].split("=", 1)[0])
