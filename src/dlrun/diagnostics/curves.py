@@ -84,94 +84,139 @@ def diagnose(train: list[float], val: list[float], chance: float, lrs: list[floa
     if n < 3:
         return Verdict("too few epochs", f"{n} epoch(s) are too few to read a curve.",
                        ["train for at least 3 epochs (trainer.epochs) to get a verdict"], {"epochs": n})
-    window = max(1, n // 20)
-    t, v = _smooth(train, window), _smooth(val, window)
-    tail = n - max(2, n // 5)  # start of the last 20% of epochs (at least 2)
-    numbers = {"epochs": n, "train_first": train[0], "train_last": train[-1], "val_last": val[-1],
-               "chance_loss": chance}
+    curves = _Curves(train, val, chance, lrs)
+    diverging = _diverging(curves)  # judged before the tail's numbers are taken
+    if diverging is not None:
+        return diverging
+    curves.read_tail()
+    for case in (_stopped_too_early, _underfitting, _overfitting, _validation_levels_off,
+                 _unrepresentative_training_set, _unrepresentative_validation_set):
+        verdict = case(curves)
+        if verdict is not None:
+            return verdict
+    return _healthy(curves)
 
-    # Divergence or too-large momentum: worse than a constant prediction, or rising again after a while.
-    t_min = min(t)
-    t_min_epoch = t.index(t_min) + 1
+
+class _Curves:
+    """The smoothed curves of a run of at least 3 epochs and the numbers the verdict rests on."""
+
+    def __init__(self, train: list[float], val: list[float], chance: float, lrs: list[float] | None) -> None:
+        self.train, self.val, self.chance, self.lrs, self.n = train, val, chance, lrs, len(train)
+        window = max(1, self.n // 20)
+        self.t, self.v = _smooth(train, window), _smooth(val, window)
+        self.tail = self.n - max(2, self.n // 5)  # start of the last 20% of epochs (at least 2)
+        self.numbers = {"epochs": self.n, "train_first": train[0], "train_last": train[-1], "val_last": val[-1],
+                        "chance_loss": chance}
+
+    def read_tail(self) -> None:
+        """How much each curve fell over the last 20% of epochs, the validation minimum, and the schedule."""
+        t, v, n, tail, lrs = self.t, self.v, self.n, self.tail, self.lrs
+        t_drop_tail, v_drop_tail = _relative_drop(t, tail), _relative_drop(v, tail)
+        self.v_min = min(v)
+        self.v_min_epoch = v.index(self.v_min) + 1
+        self.numbers.update(train_drop_last_20pct=t_drop_tail, val_drop_last_20pct=v_drop_tail, val_min=self.v_min,
+                            val_min_epoch=self.v_min_epoch)
+        # A schedule that anneals the learning rate (onecycle, cosine, step) makes both curves fall over its last
+        # epochs whatever the run's length: that fall is the schedule's doing, not a sign the run was cut short.
+        self.annealed = bool(lrs) and len(lrs) == n and lrs[tail] > 0 and lrs[-1] <= ANNEALED * lrs[tail]
+        if self.annealed:
+            self.numbers.update(lr_at_last_20pct=lrs[tail], lr_last=lrs[-1])
+        self.falling = t_drop_tail > STILL_FALLING and v_drop_tail > STILL_FALLING and v[-1] <= self.v_min * 1.01
+        self.t_at_vmin = t[self.v_min_epoch - 1]
+
+
+def _diverging(c: _Curves) -> Verdict | None:
+    """Divergence or too-large momentum: worse than a constant prediction, or rising again after a while."""
+    t_min = min(c.t)
     # "Rising" must be large against the chance level too: a converged, noisy loss (dropout) is no divergence.
-    if t[-1] > 1.05 * chance or (t[-1] > 1.5 * t_min and t[-1] - t_min > 0.1 * chance):
+    if c.t[-1] > 1.05 * c.chance or (c.t[-1] > 1.5 * t_min and c.t[-1] - t_min > 0.1 * c.chance):
         return Verdict(
             "divergence",
             "the training loss ends above the loss of a constant prediction, or rose again after a while: the "
             "steps overshoot (too large a learning rate, or too large a momentum).",
             ["lower the learning rate (optimizer.lr)", "lower the momentum (optimizer.momentum)",
              "add a scheduler (scheduler=cosine or step)", "try another optimizer (optimizer=adam)"],
-            {**numbers, "train_min": t_min, "train_min_epoch": t_min_epoch},
+            {**c.numbers, "train_min": t_min, "train_min_epoch": c.t.index(t_min) + 1},
         )
+    return None
 
-    t_drop_tail, v_drop_tail = _relative_drop(t, tail), _relative_drop(v, tail)
-    v_min = min(v)
-    v_min_epoch = v.index(v_min) + 1
-    numbers.update(train_drop_last_20pct=t_drop_tail, val_drop_last_20pct=v_drop_tail, val_min=v_min,
-                   val_min_epoch=v_min_epoch)
 
-    # A schedule that anneals the learning rate (onecycle, cosine, step) makes both curves fall over its last
-    # epochs whatever the run's length: that fall is the schedule's doing, not a sign the run was cut short.
-    annealed = bool(lrs) and len(lrs) == n and lrs[tail] > 0 and lrs[-1] <= ANNEALED * lrs[tail]
-    if annealed:
-        numbers.update(lr_at_last_20pct=lrs[tail], lr_last=lrs[-1])
-    falling = t_drop_tail > STILL_FALLING and v_drop_tail > STILL_FALLING and v[-1] <= v_min * 1.01
-    if falling and not annealed:
+def _stopped_too_early(c: _Curves) -> Verdict | None:
+    if c.falling and not c.annealed:
         return Verdict("stopped too early",
                        "both curves were still falling when training stopped.",
-                       ["train longer (trainer.epochs)", "raise the learning rate (optimizer.lr)"], numbers)
+                       ["train longer (trainer.epochs)", "raise the learning rate (optimizer.lr)"], c.numbers)
+    return None
 
-    flat_start = max(0, n - max(2, (3 * n) // 10))
-    t_change_flat = abs(_relative_drop(t, flat_start))
-    if t[-1] > 0.3 * chance and t_change_flat < FLAT:
+
+def _underfitting(c: _Curves) -> Verdict | None:
+    flat_start = max(0, c.n - max(2, (3 * c.n) // 10))
+    t_change_flat = abs(_relative_drop(c.t, flat_start))
+    if c.t[-1] > 0.3 * c.chance and t_change_flat < FLAT:
         return Verdict("underfitting",
                        "the training loss is flat at a high value: the model cannot fit even the training data.",
                        ["more capacity (wider or deeper model.hidden, a higher model.degree)",
                         "train longer or with a higher learning rate", "check the initialisation (init=he_normal)",
                         "more informative features or data"],
-                       {**numbers, "train_last_over_chance": t[-1] / chance, "train_change_last_30pct": t_change_flat})
+                       {**c.numbers, "train_last_over_chance": c.t[-1] / c.chance,
+                        "train_change_last_30pct": t_change_flat})
+    return None
 
-    t_at_vmin = t[v_min_epoch - 1]
-    if v[-1] > 1.2 * v_min and v_min_epoch < 0.8 * n and t[-1] < t_at_vmin:
+
+def _overfitting(c: _Curves) -> Verdict | None:
+    if c.v[-1] > 1.2 * c.v_min and c.v_min_epoch < 0.8 * c.n and c.t[-1] < c.t_at_vmin:
         return Verdict("overfitting",
                        "the validation loss rises while the training loss keeps falling: the model learns the "
                        "training points by heart.",
                        ["less capacity (smaller model, lower model.degree)", "a lower learning rate",
                         "dropout (model.dropout)", "weight decay (optimizer.weight_decay)",
                         "data augmentation", "early stopping (trainer.early_stopping_patience)"],
-                       {**numbers, "val_rise": v[-1] / v_min - 1, "train_at_val_min": t_at_vmin})
+                       {**c.numbers, "val_rise": c.v[-1] / c.v_min - 1, "train_at_val_min": c.t_at_vmin})
+    return None
 
-    if v_min_epoch < 0.5 * n and t[-1] < 0.5 * t_at_vmin:
+
+def _validation_levels_off(c: _Curves) -> Verdict | None:
+    if c.v_min_epoch < 0.5 * c.n and c.t[-1] < 0.5 * c.t_at_vmin:
         return Verdict("validation levels off",
                        "the validation loss stopped improving in the first half of training while the training "
                        "loss kept falling.",
-                       ["more data", "another architecture"], {**numbers, "train_at_val_min": t_at_vmin})
+                       ["more data", "another architecture"], {**c.numbers, "train_at_val_min": c.t_at_vmin})
+    return None
 
-    gap = (v[-1] - t[-1]) / chance if chance else 0.0
-    if gap > 0.2 and _relative_drop(t, 0) > 0.2 and _relative_drop(v, 0) > 0.2:
+
+def _unrepresentative_training_set(c: _Curves) -> Verdict | None:
+    gap = (c.v[-1] - c.t[-1]) / c.chance if c.chance else 0.0
+    if gap > 0.2 and _relative_drop(c.t, 0) > 0.2 and _relative_drop(c.v, 0) > 0.2:
         return Verdict("unrepresentative training set",
                        "both curves improve but a large gap remains between them: the training set does not "
                        "represent the validation data well.",
                        ["more (or more varied) training data", "check how the splits are made"],
-                       {**numbers, "gap_over_chance": gap})
+                       {**c.numbers, "gap_over_chance": gap})
+    return None
 
-    half = n // 2
-    v_rough, t_rough = _roughness(val[half:]), _roughness(train[half:])
-    if n >= 10 and v_rough > 0.15 and v_rough > 4 * max(t_rough, 1e-12):
+
+def _unrepresentative_validation_set(c: _Curves) -> Verdict | None:
+    half = c.n // 2
+    v_rough, t_rough = _roughness(c.val[half:]), _roughness(c.train[half:])
+    if c.n >= 10 and v_rough > 0.15 and v_rough > 4 * max(t_rough, 1e-12):
         return Verdict("unrepresentative validation set",
                        "the validation loss oscillates around a smooth training curve: the validation set is too "
                        "small or unlike the training data.",
                        ["a larger validation split (dataset.val_fraction)", "check how the splits are made"],
-                       {**numbers, "val_roughness": v_rough, "train_roughness": t_rough})
+                       {**c.numbers, "val_roughness": v_rough, "train_roughness": t_rough})
+    return None
 
-    if falling:
+
+def _healthy(c: _Curves) -> Verdict:
+    if c.falling:  # and annealed: the schedule's doing
+        lrs, tail = c.lrs, c.tail
         return Verdict("healthy", f"both curves fell together to the end, as the learning rate annealed from "
                                   f"{_fmt(lrs[tail])} to {_fmt(lrs[-1])}: a decaying schedule makes them fall over "
                                   f"its last epochs whatever the run's length, so this is no sign of stopping too "
                                   f"early (a longer run, trainer.epochs, tells whether more epochs help); nothing "
-                                  f"the course warns about.", [], numbers)
+                                  f"the course warns about.", [], c.numbers)
     return Verdict("healthy", "both curves fell and levelled off together; nothing the course warns about.", [],
-                   numbers)
+                   c.numbers)
 
 
 def chance_loss(loss: Loss, targets: torch.Tensor, num_classes: int | None) -> float:
