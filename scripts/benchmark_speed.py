@@ -82,7 +82,8 @@ def main() -> None:
     variants = ["32", *[v for v in args.variants if v != "32"]]  # the baseline always runs, first
     results = {name: measure(base + VARIANTS[name], args.epochs) for name in variants}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    print(f"experiment={args.experiment}{' dataset=' + args.dataset if args.dataset else ''} {' '.join(args.extra)} on {device}, "
+    dataset = f" dataset={args.dataset}" if args.dataset else ""
+    print(f"experiment={args.experiment}{dataset} {' '.join(args.extra)} on {device}, "
           f"torch {torch.__version__}, {args.epochs} timed epoch(s) after one warm-up epoch")
     print(f"{'variant':<28} {'s/epoch':>9} {'speedup':>8} {'warm-up s':>10} {'test acc':>9}")
     baseline = results["32"]["epoch_seconds"]

@@ -28,7 +28,6 @@ from omegaconf import OmegaConf
 
 from dlrun import cli
 from dlrun.run import preflight
-from dlrun.errors import ConfigError
 from dlrun.modes.predict import read_inputs
 from dlrun.run.experiment import Experiment
 from image_fixtures import write_cifar10, write_mnist

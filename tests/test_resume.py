@@ -170,7 +170,7 @@ def test_killed_at_random_moments_and_resumed_ends_bitwise_identical(workdir):
         else:  # the first Ctrl-C starts the checkpoint; the second, inside its write, exits at once
             segment.proc.send_signal(signal.SIGINT)
             # Two signals before Python's handler runs would count as one: wait until it has seen the first.
-            segment.wait_until(lambda: "SIGINT: finishing this step" in segment.output(), "the first Ctrl-C")
+            segment.wait_until(lambda seg=segment: "SIGINT: finishing this step" in seg.output(), "the first Ctrl-C")
             segment.wait_until(tmp.exists, "the checkpoint write after Ctrl-C")
             started = time.monotonic()
             assert segment.stop(signal.SIGINT) == 130, segment.output()

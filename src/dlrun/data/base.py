@@ -149,12 +149,17 @@ def split_arrays(
     seed: int,
     standardize: bool,
     standardize_target: bool = False,
-    name: str = "",
-    class_names: list[str] | None = None,
-    feature_names: list[str] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    **described: Any,
 ) -> Dataset:
-    """Seeded shuffle into train/val/test; statistics fitted on the training split only (course 2 §3.3)."""
+    """Seeded shuffle into train/val/test; statistics fitted on the training split only (course 2 §3.3).
+
+    `described`: what DataInfo shows of the data, each optional: name (str), class_names and feature_names
+    (lists of str)."""
+    unknown = sorted(set(described) - {"name", "class_names", "feature_names"})
+    if unknown:
+        raise TypeError(f"split_arrays() got unexpected keyword argument(s) {', '.join(unknown)}")
+    name, class_names = described.get("name", ""), described.get("class_names")
     n = len(x)
     idx_train, idx_val, idx_test = split_indices(n, val_fraction, test_fraction, seed, name)
     x = x.astype(np.float32)
@@ -164,7 +169,8 @@ def split_arrays(
         std = x[idx_train].std(axis=0)
         std[std < 1e-8] = 1.0
         x = (x - mean) / std
-    info_kwargs: dict = {"feature_mean": torch.as_tensor(mean), "feature_std": torch.as_tensor(std)} if standardize else {}
+    info_kwargs: dict = ({"feature_mean": torch.as_tensor(mean), "feature_std": torch.as_tensor(std)}
+                         if standardize else {})
     if task == "classification":
         y_t = torch.as_tensor(y, dtype=torch.long)
         num_classes = int(y_t.max().item()) + 1
@@ -186,7 +192,8 @@ def split_arrays(
         x_t[idx_train], y_t[idx_train], x_t[idx_val], y_t[idx_val], x_t[idx_test], y_t[idx_test]
     )
     info = DataInfo(
-        input_shape=tuple(x_t.shape[1:]), task=task, name=name, feature_names=feature_names, **info_kwargs
+        input_shape=tuple(x_t.shape[1:]), task=task, name=name, feature_names=described.get("feature_names"),
+        **info_kwargs
     )
     return Dataset(splits, info)
 

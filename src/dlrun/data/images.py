@@ -161,7 +161,7 @@ def build_cifar10(seed: int = 0, root: str = "data", download: bool = True, val_
 # ---- synthetic shapes -----------------------------------------------------------------------------------------
 
 @DATASETS.register("shapes")
-def build_shapes(seed: int = 0, n_samples: int = 3000, image_size: int = 32, channels: int = 1,
+def build_shapes(seed: int = 0, n_samples: int = 3000, image_size: int = 32, channels: int = 1,  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
                  min_size: float | None = None, max_size: float | None = None, noise: float = 0.05,
                  rotate: bool = True, val_fraction: float = 0.15, test_fraction: float = 0.15, objects: int = 4,
                  task: str | None = None) -> Dataset:
@@ -228,7 +228,7 @@ def _decode(images, indices, key: str, path: str, workers: int) -> torch.Tensor:
 
 
 @DATASETS.register("image_folder")
-def build_image_folder(path: str | None = None, test_path: str | None = None, image_size: int | list[int] = 64,
+def build_image_folder(path: str | None = None, test_path: str | None = None, image_size: int | list[int] = 64,  # noqa: PLR0913
                        channels: int = 3, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
                        workers: int = 2, max_memory_gb: float = 4.0, in_memory: bool | str = "auto",
                        pin_memory: bool = True, persistent_workers: bool = True) -> Dataset:

@@ -64,7 +64,7 @@ def draw_shapes(n: int, image_size: int, rng: np.random.Generator, channels: int
     masks = np.empty((n, image_size, image_size), dtype=bool)
     for start in range(0, n, 1024):  # in chunks, to keep the (chunk, H, W) arrays small
         s = slice(start, start + 1024)
-        col = lambda v: v[s, None, None]  # noqa: E731  (one value per scene, broadcast over pixels)
+        col = lambda v, s=s: v[s, None, None]  # noqa: E731  (one value per scene, broadcast over pixels)
         dx, dy = xs - col(cx), ys - col(cy)
         cos, sin = np.cos(col(angle)), np.sin(col(angle))
         mask = _inside(col(labels), cos * dx + sin * dy, -sin * dx + cos * dy, col(radius))

@@ -8,6 +8,7 @@ split reaches an earlier one. Standardisation is fitted on the training stretch 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -59,10 +60,21 @@ def check_window(n: int, input_length: int, horizon: int, stride: int, period: i
                           key="dataset.period")
 
 
-def forecasting_dataset(series: np.ndarray, *, target: int, input_length: int, horizon: int, stride: int,
-                        val_fraction: float, test_fraction: float, standardize: bool, name: str,
-                        feature_names: list[str], period: int | None = None) -> Dataset:
+@dataclass(frozen=True)
+class Windows:
+    """How a series is cut into samples: input_length steps in, the next horizon steps to forecast, a window
+    every stride steps; period (if any) is the season of the seasonal-naive forecast."""
+
+    input_length: int
+    horizon: int
+    stride: int = 1
+    period: int | None = None
+
+
+def forecasting_dataset(series: np.ndarray, *, target: int, windows: Windows, val_fraction: float,
+                        test_fraction: float, standardize: bool, name: str, feature_names: list[str]) -> Dataset:
     """Split a (steps, features) series in time order, standardise on train, cut each split into windows."""
+    input_length, horizon, stride, period = windows.input_length, windows.horizon, windows.stride, windows.period
     series = np.asarray(series, dtype=np.float32).reshape(len(series), -1)
     check_window(len(series), input_length, horizon, stride, period, name)
     parts = time_split(len(series), val_fraction, test_fraction)
@@ -104,7 +116,7 @@ def _list_of_positive(key: str, values: list[float]) -> None:
 
 
 @DATASETS.register("sine")
-def build_sine(
+def build_sine(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
     seed: int = 0,
     length: int = 2000,
     periods: list[float] = (50.0, 17.0),
@@ -130,13 +142,13 @@ def build_sine(
     phases = rng.uniform(0, 2 * math.pi, size=len(periods))
     series = sum(a * np.sin(2 * math.pi * t / p + phase) for a, p, phase in zip(amplitudes, periods, phases))
     series = series + noise * rng.standard_normal(length)
-    return forecasting_dataset(series[:, None], target=0, input_length=input_length, horizon=horizon, stride=stride,
+    return forecasting_dataset(series[:, None], target=0, windows=Windows(input_length, horizon, stride, period),
                                val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize,
-                               name="sine", feature_names=["value"], period=period)
+                               name="sine", feature_names=["value"])
 
 
 @DATASETS.register("ar")
-def build_ar(
+def build_ar(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
     seed: int = 0,
     length: int = 2000,
     coefficients: list[float] = (0.6, -0.2, 0.3),
@@ -171,9 +183,9 @@ def build_ar(
     shocks = noise * rng.standard_normal(len(series))
     for t in range(p, len(series)):
         series[t] = a @ series[t - p:t] + shocks[t]
-    return forecasting_dataset(series[-length:, None], target=0, input_length=input_length, horizon=horizon,
-                               stride=stride, val_fraction=val_fraction, test_fraction=test_fraction,
-                               standardize=standardize, name="ar", feature_names=["value"], period=period)
+    return forecasting_dataset(series[-length:, None], target=0, windows=Windows(input_length, horizon, stride, period),
+                               val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize,
+                               name="ar", feature_names=["value"])
 
 
 def _parse_time(cell: str) -> float:
@@ -184,7 +196,7 @@ def _parse_time(cell: str) -> float:
 
 
 @DATASETS.register("csv_timeseries")
-def build_csv_timeseries(
+def build_csv_timeseries(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
     path: str | None = None,
     target: str | None = None,
     features: list[str] | None = None,
@@ -235,9 +247,10 @@ def build_csv_timeseries(
                                   key="dataset.features") from None
     if not np.isfinite(values).all():
         raise ConfigError(f"{path} holds nan or inf values; fill or drop those rows.", key="dataset.path")
-    return forecasting_dataset(values, target=features.index(target), input_length=input_length, horizon=horizon,
-                               stride=stride, val_fraction=val_fraction, test_fraction=test_fraction,
-                               standardize=standardize, name=file.stem, feature_names=features, period=period)
+    return forecasting_dataset(values, target=features.index(target),
+                               windows=Windows(input_length, horizon, stride, period), val_fraction=val_fraction,
+                               test_fraction=test_fraction, standardize=standardize, name=file.stem,
+                               feature_names=features)
 
 
 @DATASETS.register("sunspots")
@@ -257,6 +270,6 @@ def build_sunspots(
         raise ConfigError("'dataset=sunspots' reads the series bundled with statsmodels, which is not installed: "
                           "pip install 'dl-run[timeseries]' (or pip install statsmodels).", key="dataset") from None
     values = sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(dtype=np.float32)
-    return forecasting_dataset(values[:, None], target=0, input_length=input_length, horizon=horizon, stride=stride,
+    return forecasting_dataset(values[:, None], target=0, windows=Windows(input_length, horizon, stride, period),
                                val_fraction=val_fraction, test_fraction=test_fraction, standardize=standardize,
-                               name="sunspots", feature_names=["sunspots"], period=period)
+                               name="sunspots", feature_names=["sunspots"])

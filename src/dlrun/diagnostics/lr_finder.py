@@ -7,14 +7,15 @@ falls fastest is a good starting point (course 2 §1.1: the learning rate is the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from dlrun.errors import ConfigError
-from dlrun.components.losses import Loss
+
+if TYPE_CHECKING:
+    from dlrun.engine.trainer import TrainingParts
 
 
 @dataclass
@@ -33,12 +34,14 @@ def check_range(min_lr: float, max_lr: float, steps: int) -> None:
         raise ConfigError(f"'lr_find.steps={steps}' must be at least 10.", key="lr_find.steps")
 
 
-def find_lr(model: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-            batch_size: int, generator: torch.Generator, min_lr: float = 1e-7, max_lr: float = 10.0,
-            steps: int = 200, divergence_factor: float = 4.0, smoothing: float = 0.9,
-            prepare: Callable[..., torch.Tensor] | None = None) -> LRFinding:
-    """Sweep the learning rate from min_lr to max_lr over `steps` mini-batches; suggest the steepest descent."""
+def find_lr(parts: TrainingParts, generator: torch.Generator, min_lr: float = 1e-7, max_lr: float = 10.0,
+            steps: int = 200, divergence_factor: float = 4.0, smoothing: float = 0.9) -> LRFinding:
+    """Sweep the learning rate from min_lr to max_lr over `steps` mini-batches of the training split; suggest the
+    steepest descent. The keys after `generator` are the lr_find config group's."""
     check_range(min_lr, max_lr, steps)
+    model, optimizer, prepare = parts.model, parts.optimizer, parts.prepare
+    x, y = parts.splits.x_train, parts.splits.y_train
+    batch_size = parts.options.batch_size_for(len(x))
     model.train()
     lrs, losses = [], []
     average, best = 0.0, math.inf
@@ -52,7 +55,7 @@ def find_lr(model: nn.Module, loss_fn: Loss, optimizer: torch.optim.Optimizer, x
         for group in optimizer.param_groups:
             group["lr"] = lr
         xb = x[idx] if prepare is None else prepare(x[idx], train=True)  # uint8 images: standardise (augment)
-        loss = loss_fn(model(xb).float(), y[idx])
+        loss = parts.task.loss(model, xb, y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -9,7 +9,8 @@ from dlrun.tasks.regression import regression_metrics
 from dlrun.models.linear import PolynomialFeatures
 
 
-def least_squares(data: Splits, info: DataInfo, degree: int = 1, basis: str = "monomial") -> dict[str, dict[str, float]]:
+def least_squares(data: Splits, info: DataInfo, degree: int = 1,
+                  basis: str = "monomial") -> dict[str, dict[str, float]]:
     """Fit [features, 1]·θ = y exactly on the training split; metrics on every split."""
     features = PolynomialFeatures(degree, basis)
 

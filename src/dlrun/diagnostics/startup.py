@@ -43,7 +43,8 @@ def batch_summary(x: torch.Tensor, y: torch.Tensor, feature_names: list[str] | N
     lines = ["| feature | mean | std | min | max |", "|---|---|---|---|---|"]
     for i in range(min(flat.shape[1], max_features)):
         col = flat[:, i]
-        lines.append(f"| {names[i]} | {col.mean():.4g} | {col.std(correction=0):.4g} | {col.min():.4g} | {col.max():.4g} |")
+        lines.append(f"| {names[i]} | {col.mean():.4g} | {col.std(correction=0):.4g} | {col.min():.4g} "
+                     f"| {col.max():.4g} |")
     if flat.shape[1] > max_features:
         lines.append(f"| … {flat.shape[1] - max_features} more | | | | |")
     target = y.detach().cpu()

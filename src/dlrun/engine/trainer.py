@@ -182,7 +182,8 @@ class Trainer:
             self._check_finite(running_loss)
         if self.log_every and step % self.log_every == 0:
             # One device sync per log interval, not per step.
-            values = {"train/loss_step": loss.item(), **{k: float(v) for k, v in self.parts.task.step_scalars().items()}}
+            values = {"train/loss_step": loss.item(),
+                      **{k: float(v) for k, v in self.parts.task.step_scalars().items()}}
             schedule = self.parts.schedule
             if schedule.interval == "step" and schedule.scheduler is not None:
                 values["lr"] = self.parts.optimizer.param_groups[0]["lr"]  # changes within the epoch

@@ -60,7 +60,7 @@ def _shrunk_to_nothing(layer: str, where: str, size: tuple[int, int], kernel: in
 
 
 @MODELS.register("cnn")
-def build_cnn(
+def build_cnn(  # noqa: PLR0913, PLR0915 - a registered builder: its parameters are the config's keys
     info: DataInfo,
     out_features: int,
     channels: list[int | list[int]] = (32, 64),

@@ -51,7 +51,8 @@ class MaxUnpool(nn.Module):
         super().__init__()
         self.scale = scale
 
-    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, indices: torch.Tensor,
+                output_size: tuple[int, int] | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
         out_h, out_w = tuple(output_size[-2:]) if output_size is not None else (h * self.scale, w * self.scale)
         flat = x.new_zeros(n, c, out_h * out_w)

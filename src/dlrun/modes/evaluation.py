@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from dlrun.modes.trained import load_trained
 from dlrun.views import console
 
@@ -16,9 +14,7 @@ if TYPE_CHECKING:
 def run_eval(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     """mode=eval resume=<run dir>: score the trained model on every split (of its dataset, or another one)."""
     path = load_trained(exp)
-    with torch.no_grad():
-        results = {split: exp.task.evaluate(exp.model, *exp.splits.split(split), exp.info,  # the run's task scores it
-                                            exp.opts.eval_batch_size, exp.prepare) for split in ("train", "val", "test")}
+    results = exp.score_every_split()  # the run's task scores it
     console.results_table(results, title=f"{exp.run_dir.name} ({path.name}) on dataset {exp.info.name}")
     metrics = {"status": "completed", "mode": "eval", "dataset": exp.info.name, "checkpoint": str(path),
                "test": results["test"], "evaluation": results, "overrides": overrides}

@@ -18,9 +18,7 @@ if TYPE_CHECKING:
 def run_lr_find(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     """mode=lr_find: sweep the learning rate, plot loss against it, suggest one; the weights are thrown away."""
     cfg = exp.cfg
-    inputs = {"model": exp.model, "loss_fn": exp.loss, "optimizer": exp.optimizer, "x": exp.splits.x_train,
-              "y": exp.splits.y_train, "batch_size": exp.opts.batch_size_for(len(exp.splits.x_train)),
-              "generator": torch.Generator().manual_seed(cfg["seed"]), "prepare": exp.prepare}
+    inputs = {"parts": exp.parts, "generator": torch.Generator().manual_seed(cfg["seed"])}
     finding = find_lr(**check_arguments(find_lr, cfg.get("lr_find") or {}, "lr_find", inputs))
     logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir)
     for step, (lr, loss) in enumerate(zip(finding.lrs, finding.losses), start=1):

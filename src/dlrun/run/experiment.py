@@ -206,15 +206,20 @@ class Experiment:
         if not self.task_class.takes_labels:  # generative tasks check their own outputs
             return
         with torch.no_grad(), evaluating(self.model):
-            output = self.model(sample).float()
-        try:
-            self.loss(output, self.splits.y_train[:2])
-        except (RuntimeError, ValueError, IndexError) as err:
-            raise ConfigError(f"'model={model_name}' gives outputs of shape {tuple(output.shape[1:])}, "
-                              f"which loss '{self.loss.name}' cannot score against this {self.info.task} dataset's "
-                              f"targets of shape {tuple(self.splits.y_train.shape[1:])} ({str(err).splitlines()[0]}). "
-                              f"Pick a model made for the task (segmentation: unet; detection: yolo).",
-                              key="model") from None
+            try:  # the task's own loss: it may read the targets its own way
+                self.task.loss(self.model, sample, self.splits.y_train[:2])
+                return
+            except (RuntimeError, ValueError, IndexError) as err:
+                problem, output = str(err).splitlines()[0], self.model(sample)
+        raise ConfigError(f"'model={model_name}' gives outputs of shape {tuple(output.shape[1:])}, "
+                          f"which loss '{self.loss.name}' cannot score against this {self.info.task} dataset's "
+                          f"targets of shape {tuple(self.splits.y_train.shape[1:])} ({problem}). "
+                          f"Pick a model made for the task (segmentation: unet; detection: yolo).", key="model")
+
+    def score_every_split(self) -> dict[str, dict[str, float]]:
+        """The loss and the task's metrics of the model as it is now, on the train, val and test splits."""
+        return {split: self.task.evaluate(self.model, *self.splits.split(split), self.info, self.opts.eval_batch_size,
+                                          self.prepare) for split in ("train", "val", "test")}
 
     @property
     def parts(self) -> TrainingParts:

@@ -169,9 +169,7 @@ class TrainingRun:
         exp, state = self.exp, self.state
         saved, self.best_path = self.directory.load_best()
         exp.model.load_state_dict(saved["model"])
-        self.results = {split: exp.task.evaluate(exp.model, *exp.splits.split(split), exp.info,
-                                                 exp.opts.eval_batch_size, exp.prepare)
-                        for split in ("train", "val", "test")}
+        self.results = exp.score_every_split()
         final = {f"hparam/{split}/{k}": v for split, values in self.results.items() for k, v in values.items()}
         logger.hparams(hparams_of(self.cfg), final, state.step)
         inputs = exp.view_inputs(logger)
@@ -217,7 +215,8 @@ class TrainingRun:
         final = state.history[-1]["train/loss"] if state.history else math.inf
         overfit = {"batches": opts.overfit_batches, "final_train_loss": final, "chance_loss": chance,
                    "fits": final < 0.05 * chance}
-        message = f"overfit_batches={opts.overfit_batches}: the training loss went from {chance:.4g} (chance) to {final:.4g}"
+        message = (f"overfit_batches={opts.overfit_batches}: the training loss went from {chance:.4g} (chance) "
+                   f"to {final:.4g}")
         if overfit["fits"]:
             console.console.print(f"{message}: the model can learn these batches by heart, the pipeline works.",
                                   soft_wrap=True)
