@@ -174,18 +174,16 @@ def _check_direction(hydra_cfg: DictConfig, monitor: str) -> None:
                           key="hydra.sweeper.direction")
 
 
-# A task that no classifier can serve runs its preset (its model and settings), unless the command names a
-# model or a preset itself: as a dataset may pick its model.
-TASK_PRESETS = {"segmentation": "segmentation", "detection": "detection"}
-
-
 def task_arguments(args: list[str]) -> list[str]:
-    """`task=segmentation` (or detection) without `model=` or `experiment=` adds the task's preset."""
+    """`task=<name>` without `model=` or `experiment=` adds the task's preset, if it has one (segmentation and
+    detection: no classifier can serve them), as a dataset may pick its model."""
     tasks = [a.split("=", 1)[1] for a in args if _override_key(a) == "task" and "=" in a]
-    if not tasks or tasks[-1] not in TASK_PRESETS or any(_override_key(a) in ("model", "experiment")
-                                                         for a in args if "=" in a):
+    if not tasks or any(_override_key(a) in ("model", "experiment") for a in args if "=" in a):
         return args
-    return [*args, f"experiment={TASK_PRESETS[tasks[-1]]}"]
+    from dlrun.tasks import TASKS  # only when a task is named: `dl-run --help` stays fast
+
+    preset = TASKS.get(tasks[-1]).preset if tasks[-1] in TASKS else None  # an unknown name: the config check says
+    return [*args, f"experiment={preset}"] if preset else args
 
 
 def _override_key(override: str) -> str:

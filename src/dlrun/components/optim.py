@@ -70,15 +70,19 @@ def build_nesterov(params: Iterable, lr: float = 0.01, momentum: float = 0.9,
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adam")
-def build_adam(params: Iterable, lr: float = 0.001, rho1: float = 0.9, rho2: float = 0.999, eps: float = 1e-8,
-               weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam: running means of g (ρ1) and g⊙g (ρ2), bias-corrected."""
+def _check_adam(lr: float, rho1: float, rho2: float, eps: float, weight_decay: float) -> None:
     _positive("optimizer.lr", lr)
     _non_negative("optimizer.weight_decay", weight_decay)
     _non_negative("optimizer.eps", eps)
     _fraction("optimizer.rho1", rho1)
     _fraction("optimizer.rho2", rho2)
+
+
+@OPTIMIZERS.register("adam")
+def build_adam(params: Iterable, lr: float = 0.001, rho1: float = 0.9, rho2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam: running means of g (ρ1) and g⊙g (ρ2), bias-corrected."""
+    _check_adam(lr, rho1, rho2, eps, weight_decay)
     return _fused_if_possible(torch.optim.Adam, params, lr=lr, betas=(rho1, rho2), eps=eps, weight_decay=weight_decay)
 
 
@@ -86,11 +90,7 @@ def build_adam(params: Iterable, lr: float = 0.001, rho1: float = 0.9, rho2: flo
 def build_adamw(params: Iterable, lr: float = 0.001, rho1: float = 0.9, rho2: float = 0.999, eps: float = 1e-8,
                 weight_decay: float = 0.01) -> torch.optim.Optimizer:
     """Adam with weight decay applied to the weights directly, not through the gradient."""
-    _positive("optimizer.lr", lr)
-    _non_negative("optimizer.weight_decay", weight_decay)
-    _non_negative("optimizer.eps", eps)
-    _fraction("optimizer.rho1", rho1)
-    _fraction("optimizer.rho2", rho2)
+    _check_adam(lr, rho1, rho2, eps, weight_decay)
     return _fused_if_possible(torch.optim.AdamW, params, lr=lr, betas=(rho1, rho2), eps=eps,
                               weight_decay=weight_decay)
 

@@ -10,8 +10,6 @@ import torch
 
 from dlrun.errors import ConfigError
 
-TASKS = ("classification", "regression", "seq2seq", "segmentation", "detection")
-
 
 @dataclass
 class SequenceInfo:

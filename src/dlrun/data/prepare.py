@@ -9,6 +9,11 @@ from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 
 
+def as_is(x: torch.Tensor, train: bool = False) -> torch.Tensor:
+    """No preparation: what a loop or an evaluation uses when it is given no Prepare."""
+    return x
+
+
 class Prepare:
     """Make a batch ready for the model, on the training device.
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from dlrun.components.optim import Schedule
 from dlrun.data.base import DataInfo, Splits
+from dlrun.data.prepare import as_is
 from dlrun.engine import distributed
 from dlrun.engine.batches import batch_source
 from dlrun.engine.options import TrainerOptions, autocast_for
@@ -65,10 +66,6 @@ class TrainingOutputs:
     checkpoint_extra: dict[str, Any] | None = None  # saved in every checkpoint beside the state (config, scaling)
 
 
-def _as_is(x: torch.Tensor, train: bool = False) -> torch.Tensor:
-    return x
-
-
 class Trainer:
     """Trains TrainingParts for options.epochs (or max_steps), validating each epoch, checkpointing last and best.
 
@@ -81,7 +78,7 @@ class Trainer:
         self.opts = parts.options
         self.state = state or TrainState()
         self.generator = generator or torch.Generator()
-        self.prepare = parts.prepare or _as_is
+        self.prepare = parts.prepare or as_is
         self.updates = parts.task.updates(parts.model, parts.optimizer)
         self.source = batch_source(parts.splits.x_train, parts.splits.y_train)  # in memory, or streamed by workers
         self.batch_size = self.opts.batch_size_for(len(parts.splits.x_train))

@@ -67,10 +67,8 @@ def pretrain(backbone: dict[str, Any], classes: list[int], epochs: int, lr: floa
     # Written beside its final place, then renamed: a run stopped half-way leaves nothing that looks finished.
     partial = RunDirectory(run_dir.with_name(f"{run_dir.name}.partial{os.getpid()}"))
     shutil.rmtree(partial.path, ignore_errors=True)
-    partial.hydra_dir.mkdir(parents=True)
     _train_backbone(backbone, data, epochs, lr, seed, partial, device)
-    OmegaConf.save(OmegaConf.create({"model": backbone, "pretrain": json.loads(key)}),
-                   partial.hydra_dir / "config.yaml")
+    partial.record_config(OmegaConf.create({"model": backbone, "pretrain": json.loads(key)}), [])
     try:
         partial.path.rename(run_dir)
     except OSError:  # another job of the sweep finished the same pretraining first: use its run

@@ -95,7 +95,9 @@ class RunDirectory:
         return self.path / name
 
     def record_config(self, cfg_node: DictConfig, overrides: list[str]) -> None:
-        """Update .hydra/config.yaml and overrides.yaml of a resumed run, as Hydra writes them for a new one."""
+        """Write .hydra/config.yaml and overrides.yaml, as Hydra writes them for a new run (for a resumed run, or a
+        run dl-run makes itself: a transfer backbone's pretraining)."""
+        self.hydra_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg_node, self.hydra_dir / "config.yaml")
         (self.hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from dlrun.components.losses import LOSSES, Loss
 from dlrun.data.base import DataInfo
+from dlrun.data.prepare import as_is
 from dlrun.diagnostics.curves import Verdict, chance_loss, diagnose
 from dlrun.diagnostics.startup import initial_loss_check
 from dlrun.engine import distributed
@@ -48,10 +49,6 @@ class Choices:
     augment: Any = None  # the augmentation (dlrun.components.augment), or None
 
 
-def _as_is(x: torch.Tensor, train: bool = False) -> torch.Tensor:
-    return x
-
-
 class Task:
     """model(x) -> loss(output, y), scored by the subclass's metrics. Subclasses set the class attributes."""
 
@@ -65,6 +62,7 @@ class Task:
     picks_best: ClassVar[bool] = True  # the monitored validation metric picks the best checkpoint
     lacks: ClassVar[str] = ""  # what a dataset of another task lacks for this one, for the error
     example_dataset: ClassVar[str] = ""  # a dataset that serves this task, for the error
+    targets_on_pixels: ClassVar[str | None] = None  # "masks", "boxes": augmentations that move pixels are refused
     epoch_views: ClassVar[tuple[EpochViewFactory, ...]] = ()  # made once, called after each validation
     test_views: ClassVar[tuple[TestView, ...]] = ()  # called once, after the test
 
@@ -106,6 +104,8 @@ class Task:
         if not cls.takes_labels and choices.mode == "lr_find":
             raise ConfigError(f"'mode=lr_find' sweeps a supervised loss; task={cls.name} is not supported. Train "
                               f"with mode=train.", key="mode")
+        if cls.targets_on_pixels is not None:
+            _refuse_moving_augmentation(cls, choices.augment)
 
     # ---- a training step ------------------------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ class Task:
 
         all_ranks: every rank of a torchrun job calls this together (validation during training), and each
         computes a share of the outputs; the metrics come out the same on every rank."""
-        prepare = prepare or _as_is
+        prepare = prepare or as_is
         with evaluating(model):
             if all_ranks:
                 outputs = distributed.forward_shared(lambda xb: model(prepare(xb)), x, batch_size)
@@ -172,13 +172,14 @@ class Task:
         pass
 
 
-def refuse_moving_augmentation(task: type[Task], augment: Any, targets: str) -> None:
+def _refuse_moving_augmentation(task: type[Task], augment: Any) -> None:
     """Flips, rotations and crops move an image's pixels but not its masks or boxes: refused for such tasks."""
     from dlrun.components.augment import Compose, Crop, Flip, Rotate
 
     steps = augment.steps if isinstance(augment, Compose) else [augment]
     moving = [s for s in steps if isinstance(s, (Crop, Flip, Rotate))]
     if moving:
-        raise ConfigError(f"'augmentation' {moving[0]!r} moves the pixels of the images but not their {targets}: "
+        raise ConfigError(f"'augmentation' {moving[0]!r} moves the pixels of the images but not their "
+                          f"{task.targets_on_pixels}: "
                           f"task={task.name} takes only augmentations that leave pixels in place (noise, color), or "
                           f"augmentation=none.", key="augmentation")

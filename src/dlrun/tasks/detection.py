@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo
-from dlrun.tasks.base import TASKS, Choices, Task, refuse_moving_augmentation
+from dlrun.tasks.base import TASKS, Task
 from dlrun.views.dense import boxes_view
 
 BOX_FIELDS = 5  # objectness, x, y, sqrt(w), sqrt(h)
@@ -183,12 +183,8 @@ class Detection(Task):
     preset = "detection"
     lacks = " (it has no boxes)"
     example_dataset = " such as shapes"
+    targets_on_pixels = "boxes"
     epoch_views = (boxes_view,)
-
-    @classmethod
-    def refuse(cls, choices: Choices) -> None:
-        super().refuse(choices)
-        refuse_moving_augmentation(cls, choices.augment, "boxes")
 
     def metrics(self, model: nn.Module, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, info: DataInfo,
                 batch_size: int) -> dict[str, float]:

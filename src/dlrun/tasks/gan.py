@@ -10,11 +10,12 @@ from torch import nn
 
 from dlrun.components.losses import Loss
 from dlrun.data.base import DataInfo
+from dlrun.data.prepare import as_is
 from dlrun.diagnostics.curves import Verdict
 from dlrun.engine import distributed
 from dlrun.engine.evaluating import evaluating
 from dlrun.errors import ConfigError
-from dlrun.tasks.base import TASKS, Choices, Task, Update, _as_is
+from dlrun.tasks.base import TASKS, Choices, Task, Update
 from dlrun.tasks.protocols import GeneratorAndCritic
 from dlrun.tasks.reconstruction import inputs_as_targets
 from dlrun.views.generative import gan_view
@@ -144,7 +145,7 @@ class Adversarial(Task):
                  prepare: Callable | None = None, all_ranks: bool = False) -> dict[str, float]:
         """Both losses and the discriminator's accuracy on the split's real images and as many fixed-noise fakes
         (every rank scores the whole split: its fakes come from one noise sequence, which shares would cut)."""
-        prepare = prepare or _as_is
+        prepare = prepare or as_is
         noise = torch.Generator().manual_seed(0)  # the same fakes at every evaluation
         totals = torch.zeros(4)
         with evaluating(model):

@@ -12,10 +12,11 @@ from torch import nn
 
 from dlrun.components.losses import Loss
 from dlrun.data.base import DataInfo
+from dlrun.data.prepare import as_is
 from dlrun.engine import distributed
 from dlrun.engine.evaluating import evaluating
 from dlrun.errors import ConfigError
-from dlrun.tasks.base import TASKS, Task, _as_is
+from dlrun.tasks.base import TASKS, Task
 from dlrun.tasks.protocols import Variational, VariationalOutput, unwrapped
 from dlrun.views.generative import reconstruction_view, test_reconstructions
 
@@ -99,8 +100,8 @@ class Reconstruction(Task):
                  prepare: Callable | None = None, all_ranks: bool = False) -> dict[str, float]:
         """The loss (the negative ELBO for a VAE), MSE and, for images, PSNR in pixels of 0..1; with all_ranks,
         each rank of a torchrun job sums its share of the split and the sums are added up."""
-        prepare = prepare or _as_is
-        unstandardise = getattr(prepare, "unstandardise", _as_is)
+        prepare = prepare or as_is
+        unstandardise = getattr(prepare, "unstandardise", as_is)
         names = ("loss", "reconstruction", "kl", "mse") if self.variational else ("loss", "mse")
         totals = dict.fromkeys(names, 0.0)
         with evaluating(model):

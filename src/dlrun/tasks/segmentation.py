@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dlrun.data.base import DataInfo
-from dlrun.tasks.base import TASKS, Choices, Task, refuse_moving_augmentation
+from dlrun.tasks.base import TASKS, Task
 from dlrun.views.dense import masks_view
 
 
@@ -42,12 +42,8 @@ class Segmentation(Task):
     preset = "segmentation"
     lacks = " (it has no per-pixel masks)"
     example_dataset = " such as shapes"
+    targets_on_pixels = "masks"
     epoch_views = (masks_view,)
-
-    @classmethod
-    def refuse(cls, choices: Choices) -> None:
-        super().refuse(choices)
-        refuse_moving_augmentation(cls, choices.augment, "masks")
 
     def metrics(self, model: nn.Module, outputs: torch.Tensor, x: torch.Tensor, y: torch.Tensor, info: DataInfo,
                 batch_size: int) -> dict[str, float]:
