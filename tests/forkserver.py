@@ -20,7 +20,7 @@ from pathlib import Path
 
 SERVER = r"""
 import atexit, json, os, signal, sys, traceback
-import dlrun.cli, dlrun.run.experiment  # the expensive imports, once
+import dlrun.cli, dlrun.modes, dlrun.run.training  # the expensive imports, once
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the server never waits: children report through files
 for line in sys.stdin:
     request = json.loads(line)

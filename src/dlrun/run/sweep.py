@@ -10,9 +10,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlrun.data.reuse import DatasetCache
-from dlrun.tasks import monitor_mode
-from dlrun.views import console, figures
+from typing import TYPE_CHECKING
+
+from dlrun.views import console
+
+if TYPE_CHECKING:  # kept light: the CLI makes a SweepJobs before it knows whether anything trains
+    from dlrun.data.reuse import DatasetCache
 
 # Overrides that change how a run looks, not what it computes: left out of the names of sweep rows.
 QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
@@ -33,6 +36,8 @@ class JobResult:
 
 
 def _sort_key(job: JobResult) -> tuple:
+    from dlrun.tasks import monitor_mode
+
     if job.metrics is None:
         return (1, 0.0)
     best = job.metrics["best"]
@@ -99,6 +104,8 @@ def best_command(jobs: list[JobResult], quiet_keys: set[str]) -> str | None:
 
 def write(sweep_dir: Path, jobs: list[JobResult]) -> list[Path]:
     """summary.csv, summary.md and val_curves.png in the sweep directory."""
+    from dlrun.views import figures
+
     table = rows(jobs)
     columns = list(dict.fromkeys(key for row in table for key in row))
     csv_path = sweep_dir / "summary.csv"
@@ -137,7 +144,16 @@ class SweepJobs:
         self.crashed: list[str] = []  # jobs that failed on something other than the user's input
         self.sweep_dir: Path | None = None
         self.search = False  # a search (Optuna) rather than a grid: failed trials are part of it
-        self.datasets = DatasetCache()  # the next job with the same dataset settings takes this one's
+        self._datasets: DatasetCache | None = None
+
+    @property
+    def datasets(self) -> DatasetCache:
+        """The dataset cache of this sweep's jobs: the next job with the same dataset settings takes this one's."""
+        if self._datasets is None:
+            from dlrun.data.reuse import DatasetCache
+
+            self._datasets = DatasetCache()
+        return self._datasets
 
     def record(self, job: JobResult, crashed: bool = False) -> None:
         self.jobs.append(job)
