@@ -63,8 +63,12 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"'seed={cfg.get('seed')!r}' must be an integer.", key="seed")
     if cfg.get("mode") not in MODES:
         raise ConfigError(f"'mode={cfg.get('mode')}' is not available; valid modes: {', '.join(MODES)}.", key="mode")
-    if cfg.get("task") is not None and cfg["task"] not in TASKS:
-        raise ConfigError(f"'task={cfg.get('task')}' is not a task dl-run knows; valid: {', '.join(TASKS.names())} "
+
+
+def _check_task(task: str | None) -> None:
+    """Once the dataset is built: a user's `_target_` module may have registered its own task on import."""
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"'task={task}' is not a task dl-run knows; valid: {', '.join(TASKS.names())} "
                           f"(or leave it unset to take the dataset's).", key="task")
 
 
@@ -112,6 +116,7 @@ class Experiment:
         self.directory = RunDirectory(run_dir)
         self._set_up_machine()
         self.data = build_data(cfg["dataset"], cfg["seed"], cfg.get("task"), datasets)
+        _check_task(cfg.get("task"))
         self.info = task_info(cfg.get("task"), self.data.info)  # reconstruction and gan see the inputs only
         self.task_class = task_class(self.info.task)
         self.loss = self.task_class.build_loss(cfg["loss"], self.info, self.data.splits.y_train)

@@ -241,7 +241,7 @@ class TrainingRun:
             "stopped_early": state.stopped_early,
             "best": {"epoch": state.best_epoch, "monitor": exp.opts.monitor, "value": state.best_value},
             "test": results["test"],
-            "test_per_class_accuracy": self.test_views.get("test_per_class_accuracy"),
+            "test_per_class_accuracy": None,
             "evaluation": results,  # every split, scored with the best checkpoint
             "last_epoch": state.history[-1] if state.history else {},
             "parameters": exp.summary[1],
@@ -249,6 +249,7 @@ class TrainingRun:
             "wall_seconds": round(time.perf_counter() - self.started, 3),
             "overrides": self.overrides,
             "history": state.history,
+            **self.test_views,  # what the task's test views measured (test_per_class_accuracy, ...)
         }
 
 
