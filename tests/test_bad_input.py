@@ -1,6 +1,8 @@
 """The bad-input catalogue, each case `dl-run` in a process of its own (conftest.dl_run): each case must end with a non-zero exit and
 one clear message naming the key or file, the value and what is valid; no traceback; no new run directory
-left looking like a run; and no earlier run directory changed in any way."""
+left looking like a run; and every file that existed before the command byte for byte as it was (the whole
+working folder is hashed before and after). Cases about data live in cases_bad_data.py, cases about files and
+folders in cases_boundaries.py; each of those modules also writes the input files its cases name."""
 
 from __future__ import annotations
 
@@ -8,8 +10,12 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hashlib
+
 import pytest
 
+import cases_bad_data
+import cases_boundaries
 from conftest import user_env
 
 # {run} is an earlier, finished run in outputs/; {damaged} one whose checkpoints are both truncated.
@@ -70,7 +76,7 @@ CASES = [
     (["dataset=csv_timeseries", "dataset.path=data.csv", "dataset.target=price"], ["dataset.target=price", "a, b, y"]),
     (["model=lstm"], ["model=lstm", "digits", "not a sequence dataset", "dataset=sine"]),
     (["dataset=toy_seq2seq", "model=mlp"], ["model=mlp", "tokens", "model=transformer"]),
-]
+] + cases_bad_data.CASES + cases_boundaries.CASES
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +99,12 @@ def snapshot(outputs: Path) -> dict[str, tuple[bytes, int]]:
             if p.is_file()}
 
 
+def hashed_tree(root: Path) -> dict[str, str]:
+    """Every file under root with the SHA-256 of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+            if p.is_file()}
+
+
 IDS = [" ".join(a) for a, _ in CASES]
 
 
@@ -104,14 +116,18 @@ def refuse(args: list[str], workdir: Path, earlier_runs: dict[str, Path], server
     (workdir / "text.csv").write_text("a,b,y\n1,2,0\n3,x,1\n")
     (workdir / "binary.csv").write_bytes(b"\xff\xfe\x00\x01\x80\x81")
     (workdir / "folder").mkdir()
+    cases_bad_data.make_inputs(workdir)
+    cases_boundaries.make_inputs(workdir)
     outputs = workdir / "outputs"
     places = {name: outputs / name for name in earlier_runs}
     for name, source in earlier_runs.items():
         shutil.copytree(source, places[name])
-    before = snapshot(outputs)
+    before, tree = snapshot(outputs), hashed_tree(workdir)
     proc = server.run([*(a.format(**places) for a in args), "trainer.progress=false"], workdir, user_env())
+    after = hashed_tree(workdir)
     return {"code": proc.returncode, "output": proc.stdout + proc.stderr, "places": places,
-            "unchanged": snapshot(outputs) == before}
+            "unchanged": snapshot(outputs) == before,
+            "changed_files": sorted(name for name, digest in tree.items() if after.get(name) != digest)}
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +151,7 @@ def test_bad_input_is_refused_clearly(refusals, request, args, words):
         word = word.format(**outcome["places"])
         assert word in outcome["output"], f"{word!r} missing from: {outcome['output']}"
     assert outcome["unchanged"]  # no new run directory, and the earlier runs exactly as they were
+    assert not outcome["changed_files"]  # every file of the working folder byte for byte as it was
 
 
 def test_bad_input_leaves_an_earlier_run_untouched(dl_run, tmp_path):

@@ -106,10 +106,12 @@ class Splits:
 
 @dataclass
 class Dataset:
-    """A built dataset: its splits and what it is."""
+    """A built dataset: its splits, what it is, and what a user should know about it (skipped files, gaps, a class
+    missing from a split): each warning is printed when a run starts and kept in its metrics.json."""
 
     splits: Splits
     info: DataInfo
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -243,4 +245,4 @@ def keep_subset(data: Dataset, classes: list[int] | None, train_fraction: float,
 
         mean, std = pixel_stats(splits.x_train)
         info = replace(info, pixel_mean=mean, pixel_std=std)
-    return Dataset(splits, info)
+    return Dataset(splits, info, data.warnings)

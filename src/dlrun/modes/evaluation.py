@@ -17,7 +17,8 @@ def run_eval(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     results = exp.score_every_split()  # the run's task scores it
     console.results_table(results, title=f"{exp.run_dir.name} ({path.name}) on dataset {exp.info.name}")
     metrics = {"status": "completed", "mode": "eval", "dataset": exp.info.name, "checkpoint": str(path),
-               "test": results["test"], "evaluation": results, "overrides": overrides}
+               "test": results["test"], "evaluation": results, "overrides": overrides,
+               "data_warnings": exp.data.warnings}
     out = exp.directory.write_json(f"eval_{exp.info.name}.json", metrics)
     console.console.print(f"Written: {out}", soft_wrap=True)
     return metrics

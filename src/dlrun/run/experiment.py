@@ -33,7 +33,7 @@ from dlrun.registry import check_arguments
 from dlrun.run.pretrain import pretrained_source
 from dlrun.run.run_directory import RunDirectory
 from dlrun.tasks import TASKS, Choices, build_task, task_class, task_info
-from dlrun.views import ViewInputs
+from dlrun.views import ViewInputs, console
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
                   "augmentation", "trainer", "logger", "experiment", "lr_find", "predict", "export"}
@@ -117,6 +117,8 @@ class Experiment:
         self._set_up_machine()
         self.data = build_data(cfg["dataset"], cfg["seed"], cfg.get("task"), datasets)
         _check_task(cfg.get("task"))
+        for warning in self.data.warnings:  # also kept in metrics.json: bad data is never used without a word
+            console.print_warning(warning)
         self.info = task_info(cfg.get("task"), self.data.info)  # reconstruction and gan see the inputs only
         self.task_class = task_class(self.info.task)
         self.loss = self.task_class.build_loss(cfg["loss"], self.info, self.data.splits.y_train)

@@ -249,6 +249,7 @@ class TrainingRun:
             "wall_seconds": round(time.perf_counter() - self.started, 3),
             "overrides": self.overrides,
             "history": state.history,
+            "data_warnings": exp.data.warnings,
             **self.test_views,  # what the task's test views measured (test_per_class_accuracy, ...)
         }
 

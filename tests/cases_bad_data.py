@@ -1,0 +1,15 @@
+"""Bad-input cases about data (tests/test_bad_input.py runs them): CSVs, image folders and time series that must be
+refused with a clear message, and the input files those cases name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# (arguments, words the message must contain); {run} is an earlier, finished run in outputs/, {damaged} one whose
+# checkpoints are both truncated (see test_bad_input.earlier_runs).
+CASES: list[tuple[list[str], list[str]]] = [
+]
+
+
+def make_inputs(workdir: Path) -> None:
+    """Write the files these cases name into the case's working folder."""
