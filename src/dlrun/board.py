@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="port to listen on (default: 6006, or the next free one); 0 picks any free port")
     parser.add_argument("--latest", action="store_true", help="only the newest run or sweep under LOGDIR")
     args = parser.parse_args(argv)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        console.print_error(f"'--port {args.port}': a port is a number from 1 to 65535 (0 picks any free one); "
+                            f"TensorBoard's usual one is 6006.")
+        sys.exit(2)
     logdir = Path(args.logdir).expanduser()
     if not logdir.is_dir():
         console.print_error(f"'{args.logdir}': no such directory (looked in {logdir.resolve()}). Give a run or sweep "
@@ -44,8 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     flags = ["dl-run-board", "--logdir", str(logdir.resolve()), "--host", "localhost"]
     if args.port is not None:
         flags += ["--port", str(args.port)]
-    board.configure(argv=flags)
-    url = board.launch()
+    try:
+        board.configure(argv=flags)
+        url = board.launch()
+    except Exception as err:  # noqa: BLE001 - a port in use or not allowed: a sentence, not TensorBoard's traceback
+        console.print_error(f"TensorBoard could not start on {logdir.resolve()}"
+                            f"{f' at port {args.port}' if args.port is not None else ''}: {err}. Give another port "
+                            f"with --port N (1 to 65535), or --port 0 for any free one.")
+        sys.exit(2)
     console.console.print(f"TensorBoard on {logdir.resolve()}: {url}\n(Ctrl-C stops it)", soft_wrap=True)
     sys.stdout.flush()
     try:

@@ -7,7 +7,9 @@ import importlib
 import inspect
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from dlrun.errors import ConfigError
@@ -69,6 +71,22 @@ def _matches(value: Any, annotation: Any) -> bool:
     return True
 
 
+def _type_hints(fn: Callable) -> dict[str, Any]:
+    """The builder's type hints; one that names a type imported only for type checkers is not checked (instead of
+    failing with NameError: `find_lr(parts: TrainingParts, ...)`)."""
+    try:
+        return typing.get_type_hints(fn)
+    except NameError:
+        hints = {}
+        for name, annotation in getattr(fn, "__annotations__", {}).items():
+            try:
+                hints[name] = typing.get_type_hints(types.SimpleNamespace(__annotations__={name: annotation}),
+                                                    globalns=getattr(fn, "__globals__", {}))[name]
+            except NameError:
+                continue
+        return hints
+
+
 def check_arguments(fn: Callable, kwargs: Mapping[str, Any], prefix: str, extra: Mapping[str, Any] = ()) -> dict:
     """Check config keys against a builder's signature; return the keyword arguments to call it with.
 
@@ -76,7 +94,7 @@ def check_arguments(fn: Callable, kwargs: Mapping[str, Any], prefix: str, extra:
     offered only to builders that declare them.
     """
     sig = inspect.signature(fn)
-    hints = typing.get_type_hints(fn)
+    hints = _type_hints(fn)
     params = sig.parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     user_keys = [k for k in params if k not in dict(extra)]
@@ -111,17 +129,46 @@ def check_arguments(fn: Callable, kwargs: Mapping[str, Any], prefix: str, extra:
     return out
 
 
+# The `_target_` names the user gave for this build (see `trusting`); None: any (a builder called directly).
+_TRUSTED: ContextVar[frozenset[str] | None] = ContextVar("dlrun_trusted_targets", default=None)
+
+
+@contextmanager
+def trusting(targets: Iterable[str]) -> Iterator[None]:
+    """While building: import no `_target_` but these, the ones the user named (a run folder's saved config, read
+    as data, may name others: they are refused, with how to allow them)."""
+    token = _TRUSTED.set(frozenset(targets))
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def refuse_untrusted(target: Any, key: str) -> None:
+    """Refuse a `_target_` the user did not name while `trusting` is in force (from a run folder's saved config)."""
+    trusted = _TRUSTED.get()
+    if not isinstance(target, str) or (trusted is not None and target not in trusted):
+        raise ConfigError(
+            f"'{key}={target}' names code that you did not give: it comes from a run folder's saved config, which "
+            f"dl-run reads as data and never runs. If you trust it, say so: trust_code=[{target}].", key=key)
+
+
 def import_target(target: str, key: str) -> Callable:
-    """Import `package.module.function` named by a `_target_` key."""
+    """Import `package.module.function` named by a `_target_` key (one the user named: see `trusting`)."""
+    refuse_untrusted(target, key)
     module_name, _, attr = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attr)
+        found = getattr(module, attr)
     except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(
             f"Cannot import '{key}={target}': {err}. A _target_ must be 'package.module.function' importable "
             f"from the current directory or the Python path.", key=key
         ) from None
+    if not callable(found):
+        raise ConfigError(f"'{key}={target}' is {type(found).__name__}, not a function or class: a _target_ names "
+                          f"a builder, 'package.module.function'.", key=key)
+    return found
 
 
 class Registry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,17 +16,17 @@ SCHEDULERS = Registry("scheduler")
 
 
 def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"'{key}={value}' must be positive, e.g. 0.01.", key=key)
+    if not 0 < value < math.inf:  # NaN and infinity fail too
+        raise ConfigError(f"'{key}={value}' must be positive and finite, e.g. 0.01.", key=key)
 
 
 def _non_negative(key: str, value: float) -> None:
-    if value < 0:
-        raise ConfigError(f"'{key}={value}' must be zero or positive, e.g. 0.0001.", key=key)
+    if not 0 <= value < math.inf:
+        raise ConfigError(f"'{key}={value}' must be zero or positive, and finite, e.g. 0.0001.", key=key)
 
 
 def _fraction(key: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
+    if not 0.0 <= value < 1.0:  # NaN fails too
         raise ConfigError(f"'{key}={value}' must be in [0, 1), e.g. 0.9.", key=key)
 
 

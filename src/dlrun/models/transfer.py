@@ -23,6 +23,7 @@ from dlrun.engine.resume import architecture_mismatch
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.registry import MODELS
+from dlrun.registry import refuse_untrusted
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
@@ -127,11 +128,23 @@ def from_run(source: str, info: DataInfo) -> tuple[nn.Module, str]:
     if not ckpt.is_file() or not config.is_file():
         raise ConfigError(f"'model.source={source}' is not a dl-run run directory with a checkpoint: expected "
                           f"{config} and {ckpt}.", key="model.source")
-    saved = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    try:  # read as data: a _target_ in it is refused unless the user trusts it (registry.trusting)
+        saved = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same sentence
+        raise ConfigError(f"'model.source={source}': {config} cannot be read as a config ({err}).",
+                          key="model.source") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise ConfigError(f"'model.source={source}': {config} has no model section.", key="model.source")
     model_cfg = dict(saved["model"])
     if model_cfg.get("name") == "transfer":
         raise ConfigError(f"'model.source={source}' is itself a transfer run: give the run that trained its "
                           f"backbone, {model_cfg.get('source') or 'its pretraining run'}.", key="model.source")
+    for where, target in _targets(model_cfg, "model.source"):  # before anything else of the run is read
+        try:
+            refuse_untrusted(target, f"{where}._target_")
+        except ConfigError as err:
+            raise ConfigError(f"'model.source={source}': the model section of {config}: {err}",
+                              key="model.source") from None
     state = checkpoint.load(ckpt)["model"]
     if state and all(k.startswith("0.") for k in state):
         state = {k[2:]: v for k, v in state.items()}  # saved with an output activation appended (nll, bce)
@@ -140,6 +153,16 @@ def from_run(source: str, info: DataInfo) -> tuple[nn.Module, str]:
                  f"or with other settings than dataset '{info.name}' {tuple(info.input_shape)} gives: transfer "
                  f"needs inputs of the same shape.")
     return net, f"{ckpt} (model={model_cfg.get('name')})"
+
+
+def _targets(node: Any, where: str) -> list[tuple[str, Any]]:
+    """Every `_target_` in a nested config, with where it is."""
+    if isinstance(node, dict):
+        found = [(where, node["_target_"])] if "_target_" in node else []
+        return found + [t for k, v in node.items() for t in _targets(v, f"{where}.{k}")]
+    if isinstance(node, list):
+        return [t for i, v in enumerate(node) for t in _targets(v, f"{where}[{i}]")]
+    return []
 
 
 def from_torchvision(arch: str, weights: str | None, download: bool, info: DataInfo) -> tuple[nn.Module, str]:

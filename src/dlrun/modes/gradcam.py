@@ -21,8 +21,9 @@ def run_gradcam(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     if exp.info.task != "classification" or not has_gradcam(inputs):
         raise ConfigError(f"'mode=gradcam' needs a CNN classifier with one score per class; the run at "
                           f"{exp.run_dir} trains model={exp.cfg['model'].get('name')} on {exp.info.task}.", key="mode")
+    out = exp.directory.output(exp.directory.file("grad_cam.png"), "overwrite", bool(exp.cfg.get("overwrite")))
     path = load_trained(exp)
     figure, _ = gradcam_panel(inputs)
-    png = figures.save(figure, exp.directory.file("grad_cam.png"))
+    png = figures.save(figure, out)
     console.console.print(f"Grad-CAM of {path.name} over {PANEL} test images: {png}", soft_wrap=True)
     return {"status": "completed", "mode": "gradcam", "checkpoint": str(path), "figure": str(png)}

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 def run_lr_find(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     """mode=lr_find: sweep the learning rate, plot loss against it, suggest one; the weights are thrown away."""
     cfg = exp.cfg
+    # On a run of its own, its metrics.json; with resume=<run>, lr_find.json beside the training's metrics.json.
+    reused, overwrite = bool(cfg.get("resume")), bool(cfg.get("overwrite"))
+    result = exp.directory.output(exp.directory.file("lr_find.json"), "overwrite", overwrite) if reused else None
+    png_path = exp.directory.output(exp.directory.file("lr_find.png"), "overwrite", overwrite)
     inputs = {"parts": exp.parts, "generator": torch.Generator().manual_seed(cfg["seed"])}
     finding = find_lr(**check_arguments(find_lr, cfg.get("lr_find") or {}, "lr_find", inputs))
     logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir)
@@ -28,12 +32,15 @@ def run_lr_find(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     if finding.suggestion is not None:
         figure.axes[0].axvline(finding.suggestion, color="red", linestyle="--", linewidth=1)
     logger.figure("lr_find/curve", figure, len(finding.lrs), close=False)
-    png = figures.save(figure, exp.directory.file("lr_find.png"))
+    png = figures.save(figure, png_path)
     logger.close()
     metrics = {"status": "completed", "mode": "lr_find", "suggested_lr": finding.suggestion,
                "exploded": finding.stopped_early, "lrs": finding.lrs, "losses": finding.losses,
                "overrides": overrides}
-    exp.directory.write_metrics(metrics)
+    if result is not None:
+        exp.directory.write_json(result.name, metrics)
+    else:
+        exp.directory.write_metrics(metrics)
     if finding.suggestion is None:
         console.print_warning("The loss never fell: widen the range (lr_find.min_lr, lr_find.max_lr).")
     else:

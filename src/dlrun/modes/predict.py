@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ import torch
 
 from dlrun.errors import ConfigError
 from dlrun.modes.trained import load_trained
+from dlrun.run.run_directory import write_whole
 from dlrun.views import class_names, console
 
 if TYPE_CHECKING:
@@ -156,6 +158,15 @@ def probabilities(loss: Any, output: torch.Tensor) -> torch.Tensor:
     return torch.softmax(output, dim=1)
 
 
+def _output(exp: Experiment, options: dict[str, Any]) -> Path:
+    """predict.output, or <input name>.predictions.csv beside the input: never the input, the run's records, or an
+    existing file unless overwrite=true."""
+    source = Path(options["input"]).expanduser()
+    default = source.parent / f"{source.stem if source.is_file() else source.name}.predictions.csv"
+    return exp.directory.output(options.get("output") or default, "predict.output", bool(exp.cfg.get("overwrite")),
+                                inputs=[source])
+
+
 def run_predict(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     """mode=predict resume=<run dir> predict.input=<file>: the trained model's predictions, as a CSV."""
     cfg = exp.cfg
@@ -165,6 +176,7 @@ def run_predict(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
         raise ConfigError(f"'mode=predict' writes one class or value per input; this run's task is {info.task}. "
                           f"Its decoded examples are in TensorBoard's Text tab.", key="mode")
     x, labels, label_column = read_inputs(options.get("input"), info)
+    out = _output(exp, options)  # checked before anything is computed or written
     path = load_trained(exp)
     with torch.no_grad():
         output = torch.cat([exp.model(exp.prepare(b.to(exp.device))).float().cpu()
@@ -185,13 +197,9 @@ def run_predict(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
                    else [f"predicted_{i}" for i in range(values.shape[1])] if values.shape[1] > 1 else ["predicted"])
         header = [label_column, *columns]
         rows = [[label, *(f"{v:.6g}" for v in row)] for label, row in zip(labels, values.tolist())]
-    source = Path(options["input"]).expanduser()
-    out = Path(options.get("output") or source.parent / f"{source.stem if source.is_file() else source.name}"
-                                                        f".predictions.csv").expanduser()
-    if out.resolve() == source.resolve():
-        raise ConfigError(f"'predict.output={out}' is the input file itself: give another path.", key="predict.output")
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *rows])
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        csv.writer(handle).writerows([header, *rows])
+    write_whole(out, text.getvalue())
     console.console.print(f"{len(rows)} prediction(s) of {exp.run_dir.name} ({path.name}): {out}", soft_wrap=True)
     return {"status": "completed", "mode": "predict", "checkpoint": str(path), "output": str(out), "rows": len(rows)}

@@ -29,14 +29,15 @@ from dlrun.logger import LOGGERS
 from dlrun.models import MODELS
 from dlrun.models.onednn_linear import use_onednn_linear
 from dlrun.models.transfer import has_pretrained_weights
-from dlrun.registry import check_arguments
+from dlrun.registry import check_arguments, trusting
 from dlrun.run.pretrain import pretrained_source
 from dlrun.run.run_directory import RunDirectory
 from dlrun.tasks import TASKS, Choices, build_task, task_class, task_info
 from dlrun.views import ViewInputs, console
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
-                  "augmentation", "trainer", "logger", "experiment", "lr_find", "predict", "export"}
+                  "augmentation", "trainer", "logger", "experiment", "lr_find", "predict", "export", "overwrite",
+                  "trust_code"}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -59,10 +60,37 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"Unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_LEVEL_KEYS))}.",
                           key=unknown[0])
-    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
-        raise ConfigError(f"'seed={cfg.get('seed')!r}' must be an integer.", key="seed")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"'seed={seed!r}' must be an integer from 0 to 4294967295 (2**32-1, what NumPy's "
+                          f"generator takes), e.g. seed=0.", key="seed")
+    if not isinstance(cfg.get("overwrite", False), bool):
+        raise ConfigError(f"'overwrite={cfg.get('overwrite')!r}' must be true or false.", key="overwrite")
+    trusted = cfg.get("trust_code") or []
+    if not isinstance(trusted, list) or not all(isinstance(t, str) for t in trusted):
+        raise ConfigError(f"'trust_code={trusted!r}' must be a list of 'package.module.function' names, e.g. "
+                          f"trust_code=[my_code.build_tiny_cnn].", key="trust_code")
     if cfg.get("mode") not in MODES:
         raise ConfigError(f"'mode={cfg.get('mode')}' is not available; valid modes: {', '.join(MODES)}.", key="mode")
+
+
+def trusted_code(cfg: dict[str, Any]) -> list[str]:
+    """The `_target_` functions the user names now (on the command line, in dl-run's configs or a --config-dir given
+    now) and those listed in trust_code: the only code a run folder's saved config may make dl-run call."""
+    found: list[str] = list(cfg.get("trust_code") or [])
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("_target_"), str):
+                found.append(node["_target_"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk({k: v for k, v in cfg.items() if k != "trust_code"})
+    return found
 
 
 def _check_task(task: str | None) -> None:
@@ -145,7 +173,15 @@ class Experiment:
         # Transfer learning may pretrain its backbone first, on other classes of the same dataset (course 3 §4.2):
         # a step of the experiment, before the model is built; the builder receives the trained run as its source.
         model_cfg = pretrained_source(self.task_class.model_config(cfg["model"]), cfg, self.run_dir, self.device)
-        model = MODELS.build(model_cfg, info=self.info, out_features=self.loss.out_features)
+        try:
+            with trusting(trusted_code(cfg)):  # a transfer source's saved config may not call other code
+                model = MODELS.build(model_cfg, info=self.info, out_features=self.loss.out_features)
+        except (RuntimeError, MemoryError, OverflowError) as err:  # e.g. a layer of 10^11 units
+            sizes = ", ".join(f"model.{k}={v}" for k, v in model_cfg.items() if isinstance(v, (int, float, list))
+                              and not isinstance(v, bool))
+            raise ConfigError(f"'model={model_cfg.get('name') or model_cfg.get('_target_')}' cannot be built with "
+                              f"{sizes or 'these settings'}: {str(err).splitlines()[0][:200]}. A layer this size does "
+                              f"not fit in memory: give smaller sizes.", key="model") from None
         last = output_layer(self.loss.output_activation)
         self.model = torch.nn.Sequential(model, last) if last is not None else model
         init_cfg = dict(cfg["init"])

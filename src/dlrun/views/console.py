@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
@@ -23,11 +24,12 @@ console = Console(highlight=False, width=None if Console().is_terminal else 120)
 
 def print_error(message: str) -> None:
     """One paragraph, no traceback, on stderr."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {message}", markup=True)
+    # escape: a message is text, never markup (trust_code=[my_code.build] would vanish as a style tag)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]Error:[/] {escape(message)}", markup=True)
 
 
 def print_warning(message: str) -> None:
-    console.print(f"[bold yellow]Warning:[/] {message}", soft_wrap=True)
+    console.print(f"[bold yellow]Warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def verdict_panel(verdict) -> None:
