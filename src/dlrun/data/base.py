@@ -79,8 +79,10 @@ class DataInfo:
 
     def scaling(self) -> dict[str, Any]:
         """The statistics this data was standardised with (course 2 §3.3), as a checkpoint keeps them: another
-        dataset scored by the trained model must be put on the same scale (dlrun.modes)."""
-        return {k: getattr(self, k) for k in SCALING if getattr(self, k) is not None}
+        dataset scored by the trained model must be put on the same scale (dlrun.modes); with the feature and class
+        names, so that another file's columns and classes are matched by name, not by position."""
+        kept = {k: getattr(self, k) for k in SCALING + ("feature_names", "class_names") if getattr(self, k) is not None}
+        return {k: list(v) if k.endswith("_names") else v for k, v in kept.items()}
 
 
 @dataclass
@@ -162,13 +164,16 @@ def split_arrays(
     name, class_names = described.get("name", ""), described.get("class_names")
     n = len(x)
     idx_train, idx_val, idx_test = split_indices(n, val_fraction, test_fraction, seed, name)
-    x = x.astype(np.float32)
     if standardize:
-        # Fit mean and std on the training split only, so nothing leaks from validation or test.
+        # Fit mean and std on the training split only, so nothing leaks from validation or test; computed in
+        # float64, so that large values (1e30) do not overflow a 32-bit sum or square.
+        x = np.asarray(x, dtype=np.float64)
         mean = x[idx_train].mean(axis=0)
         std = x[idx_train].std(axis=0)
         std[std < 1e-8] = 1.0
         x = (x - mean) / std
+        mean, std = mean.astype(np.float32), std.astype(np.float32)
+    x = x.astype(np.float32)
     info_kwargs: dict = ({"feature_mean": torch.as_tensor(mean), "feature_std": torch.as_tensor(std)}
                          if standardize else {})
     if task == "classification":
@@ -176,13 +181,15 @@ def split_arrays(
         num_classes = int(y_t.max().item()) + 1
         info_kwargs.update(num_classes=num_classes, class_names=class_names or [str(i) for i in range(num_classes)])
     else:
-        y = y.astype(np.float32).reshape(n, -1)
+        y = np.asarray(y, dtype=np.float64).reshape(n, -1)
         if standardize_target:
             t_mean = y[idx_train].mean(axis=0)
             t_std = y[idx_train].std(axis=0)
             t_std[t_std < 1e-8] = 1.0
             y = (y - t_mean) / t_std
+            t_mean, t_std = t_mean.astype(np.float32), t_std.astype(np.float32)
             info_kwargs.update(target_mean=torch.as_tensor(t_mean), target_std=torch.as_tensor(t_std))
+        y = y.astype(np.float32)
         y_t = torch.as_tensor(y)
         info_kwargs.update(target_dim=y.shape[1])
     x_t = torch.as_tensor(x)

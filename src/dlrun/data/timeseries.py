@@ -16,7 +16,8 @@ import torch
 
 from dlrun.data.base import DataInfo, Dataset, SequenceInfo, Splits, check_fractions
 from dlrun.data.registry import DATASETS
-from dlrun.data.tabular import check_column, read_csv
+from dlrun.data.tabular import (MISSING, TARGET_LIMIT, Table, _as_number, check_column, lines_text, read_csv,
+                                read_numbers, refuse_or_drop_missing)
 from dlrun.errors import ConfigError
 
 
@@ -75,7 +76,7 @@ def forecasting_dataset(series: np.ndarray, *, target: int, windows: Windows, va
                         test_fraction: float, standardize: bool, name: str, feature_names: list[str]) -> Dataset:
     """Split a (steps, features) series in time order, standardise on train, cut each split into windows."""
     input_length, horizon, stride, period = windows.input_length, windows.horizon, windows.stride, windows.period
-    series = np.asarray(series, dtype=np.float32).reshape(len(series), -1)
+    series = np.asarray(series, dtype=np.float64).reshape(len(series), -1)  # statistics without 32-bit overflow
     check_window(len(series), input_length, horizon, stride, period, name)
     parts = time_split(len(series), val_fraction, test_fraction)
     window = input_length + horizon
@@ -87,13 +88,14 @@ def forecasting_dataset(series: np.ndarray, *, target: int, windows: Windows, va
                 f"'dataset.input_length={input_length}' + 'dataset.horizon={horizon}' = {window}. Shorten the window "
                 f"or give that split a larger fraction (dataset.val_fraction, dataset.test_fraction).",
                 key="dataset.input_length")
-    mean = np.zeros(series.shape[1], dtype=np.float32)
-    std = np.ones(series.shape[1], dtype=np.float32)
+    mean = np.zeros(series.shape[1])
+    std = np.ones(series.shape[1])
     if standardize:
         # Fitted on the training stretch only, so no statistic of the future leaks in (course 2 §3.3).
         mean, std = series[parts[0]].mean(axis=0), series[parts[0]].std(axis=0)
         std[std < 1e-8] = 1.0
-    scaled = (series - mean) / std
+    scaled = ((series - mean) / std).astype(np.float32)
+    mean, std = mean.astype(np.float32), std.astype(np.float32)
     tensors = []
     for part in parts:
         x, y = make_windows(scaled[part], target, input_length, horizon, stride)
@@ -195,6 +197,60 @@ def _parse_time(cell: str) -> float:
         return datetime.fromisoformat(cell).timestamp()
 
 
+def _time_stamps(table: Table, time: str) -> tuple[np.ndarray, bool]:
+    """The time column as numbers (seconds for dates), NaN where missing, and whether it holds dates."""
+    stamps = np.empty(len(table.rows))
+    dates = False
+    for i, cell in enumerate(table.column(time)):
+        if cell.lower() in MISSING:
+            stamps[i] = math.nan
+            continue
+        try:
+            stamps[i] = _parse_time(cell)
+        except (ValueError, OverflowError, OSError):
+            raise ConfigError(f"{table.path}, line {table.lines[i]}, column '{time}' (dataset.time={time}): '{cell}' "
+                              f"is neither a number nor an ISO date (2024-01-31 or 2024-01-31T12:00).",
+                              key="dataset.time") from None
+        dates = dates or _as_number(cell) is None
+    return stamps, dates
+
+
+def _duration(step: float, dates: bool) -> str:
+    """A time step in words: seconds as days, hours, minutes or seconds for dates; the number otherwise."""
+    if not dates:
+        return f"{step:g}"
+    for unit, seconds in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if abs(step) >= seconds or unit == "second":
+            value = step / seconds
+            return f"{value:g} {unit}{'' if value == 1 else 's'}"
+    return f"{step:g} seconds"
+
+
+def _check_spacing(table: Table, time: str, stamps: np.ndarray, dates: bool) -> list[str]:
+    """Refuse repeated time stamps; a warning when the steps are not evenly spaced (gaps, or missing steps)."""
+    cells = table.column(time)
+    steps = np.diff(stamps)
+    repeated = np.flatnonzero(steps == 0)
+    if len(repeated):
+        pairs = ", ".join(f"lines {table.lines[i]} and {table.lines[i + 1]} ('{cells[i]}')" for i in repeated[:5])
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise ConfigError(f"{table.path}: the time column '{time}' repeats a time stamp: {pairs}{more}. Each row "
+                          f"must be another step of the series: remove or merge the repeated rows.",
+                          key="dataset.time")
+    if len(steps) < 2:
+        return []
+    usual = float(np.median(steps))
+    odd = np.flatnonzero((steps > 1.5 * usual) | (steps < usual / 1.5))
+    if not len(odd):
+        return []
+    shown = "; ".join(f"{_duration(steps[i], dates)} between line {table.lines[i]} ('{cells[i]}') and line "
+                      f"{table.lines[i + 1]} ('{cells[i + 1]}')" for i in odd[:3])
+    more = f", and {len(odd) - 3} more" if len(odd) > 3 else ""
+    return [f"{table.path}: the time column '{time}' is not evenly spaced: the usual step is "
+            f"{_duration(usual, dates)}, but {len(odd)} of {len(steps)} steps differ: {shown}{more}. The model reads "
+            f"each window as consecutive, evenly spaced steps; fill in the missing steps if that matters."]
+
+
 @DATASETS.register("csv_timeseries")
 def build_csv_timeseries(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
     path: str | None = None,
@@ -208,49 +264,48 @@ def build_csv_timeseries(  # noqa: PLR0913 - a registered builder: its parameter
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     standardize: bool = True,
+    drop_missing: bool = False,
 ) -> Dataset:
     """The user's CSV: one row per time step (ordered by the `time` column, or as the rows come)."""
-    file, header, rows = read_csv(path, "csv_timeseries", example_target="sales")
+    table = read_csv(path, "csv_timeseries", example_target="sales")
+    header = table.header
     target = check_column(target, header, "dataset.target", path)
-    order = np.arange(len(rows))
+    stamps, dates = None, False
     if time is not None:
-        check_column(time, header, "dataset.time", path)
-        column = header.index(time)
-        try:
-            stamps = [_parse_time(row[column].strip()) for row in rows]
-        except ValueError as err:
-            raise ConfigError(f"'dataset.time={time}': {err}; the time column must hold numbers or ISO dates "
-                              f"(2024-01-31 or 2024-01-31T12:00).", key="dataset.time") from None
-        order = np.argsort(stamps, kind="stable")
+        time = check_column(time, header, "dataset.time", path)
+        stamps, dates = _time_stamps(table, time)
+        order = np.argsort(stamps, kind="stable")  # a missing time stamp sorts last
+        table.keep(order)
+        stamps = stamps[order]
     if features is None:
         features = [h for h in header if h != time]
     else:
-        features = list(features)
+        features = [str(f) for f in features]
         unknown = [f for f in features if f not in header]
         if unknown:
             raise ConfigError(f"'dataset.features' names column(s) {', '.join(unknown)} that {path} does not have; "
                               f"columns: {', '.join(header)}.", key="dataset.features")
         if target not in features:
             features.append(target)  # the forecast series is always an input too (the past of what is predicted)
-    values = np.empty((len(rows), len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        column = header.index(name)
-        for i, source in enumerate(order):
-            cell = rows[source][column].strip()
-            try:
-                values[i, j] = float(cell)
-            except ValueError:
-                what = ("is empty: fill or drop that row" if not cell else
-                        f"'{cell}' is not a number: value columns must be numeric (a time column is named with "
-                        f"dataset.time={name}; other columns can be left out with dataset.features=[...])")
-                raise ConfigError(f"{path}, line {source + 2}, column '{name}' {what}.",
-                                  key="dataset.features") from None
-    if not np.isfinite(values).all():
-        raise ConfigError(f"{path} holds nan or inf values; fill or drop those rows.", key="dataset.path")
-    return forecasting_dataset(values, target=features.index(target),
+    values, missing = read_numbers(table, features, "dataset.features", role="value")
+    if stamps is not None and np.isnan(stamps).any():
+        missing[time] = np.flatnonzero(np.isnan(stamps)).tolist()
+    keep = refuse_or_drop_missing(table, missing, drop_missing, inside_only=True)
+    values = values[keep]
+    big = np.flatnonzero(np.abs(values[:, features.index(target)]) > TARGET_LIMIT)
+    if len(big):
+        raise ConfigError(f"{path}, {lines_text([table.lines[i] for i in big])}, column '{target}': values beyond "
+                          f"±1e15: squared errors of such targets overflow the 32-bit metrics. Rescale the column "
+                          f"(e.g. in millions).", key="dataset.target")
+    warnings = list(table.warnings)
+    if stamps is not None:
+        warnings += _check_spacing(table, time, stamps[keep], dates)
+    data = forecasting_dataset(values, target=features.index(target),
                                windows=Windows(input_length, horizon, stride, period), val_fraction=val_fraction,
-                               test_fraction=test_fraction, standardize=standardize, name=file.stem,
+                               test_fraction=test_fraction, standardize=standardize, name=table.file.stem,
                                feature_names=features)
+    data.warnings.extend(warnings)
+    return data
 
 
 @DATASETS.register("sunspots")
