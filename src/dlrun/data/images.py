@@ -17,7 +17,7 @@ import torch
 from dlrun.data.base import DataInfo, Dataset, Splits, check_fractions
 from dlrun.data.registry import DATASETS
 from dlrun.data.shapes import SHAPES, draw_scenes, draw_shapes
-from dlrun.data.stream import ImagesOnly, StreamedImages
+from dlrun.data.stream import ImagesOnly, StreamedImages, UnreadableImage
 from dlrun.errors import ConfigError
 
 
@@ -216,15 +216,71 @@ def _open_folder(path: str, key: str, size: tuple[int, int], channels: int):
                           f"{path}/<class name>/<image>.png, one sub-folder per class.", key=key) from None
 
 
+IGNORED = frozenset({"thumbs.db", "desktop.ini"})  # what file managers leave beside images (and dot-files)
+
+
+def skipped_files(path: str, key: str) -> list[str]:
+    """Warnings for the files under a folder of class sub-folders that ImageFolder leaves out without a word: those
+    not in an image format it reads, and those not inside a class sub-folder."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    folder = Path(path).expanduser()
+    by_suffix: dict[str, list[Path]] = {}
+    loose: list[Path] = []
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file() or file.name.startswith(".") or file.name.lower() in IGNORED:
+            continue
+        if file.parent == folder:
+            loose.append(file)
+        elif not file.name.lower().endswith(IMG_EXTENSIONS):
+            by_suffix.setdefault(file.suffix.lower() or "(no suffix)", []).append(file)
+    warnings = []
+    if by_suffix:
+        count = sum(len(files) for files in by_suffix.values())
+        kinds = ", ".join(f"{suffix}: {len(files)}" for suffix, files in sorted(by_suffix.items()))
+        example = next(iter(by_suffix.values()))[0]
+        warnings.append(f"'{key}={path}': {count} file{'s' if count > 1 else ''} skipped, not in an image format "
+                        f"dl-run reads ({kinds}), e.g. {example}. Readable: {', '.join(IMG_EXTENSIONS)}; convert "
+                        f"the files to use them.")
+    if loose:
+        warnings.append(f"'{key}={path}': {len(loose)} file{'s' if len(loose) > 1 else ''} skipped at the top of the "
+                        f"folder, outside any class sub-folder, e.g. {loose[0]}. Put each image in the sub-folder of "
+                        f"its class.")
+    return warnings
+
+
 def _decode(images, indices, key: str, path: str, workers: int) -> torch.Tensor:
     """The images at `indices`, decoded by DataLoader workers into one uint8 tensor."""
-    loader = torch.utils.data.DataLoader(ImagesOnly(images, indices), batch_size=256, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ImagesOnly(images, indices, key), batch_size=256, num_workers=workers,
                                          generator=torch.Generator())  # leaves torch's global generator alone
+    batches = iter(loader)
     try:
-        batches = list(loader)
-    except OSError as err:  # an unreadable or truncated image file
+        batches = list(batches)
+    except UnreadableImage as err:  # a corrupt or truncated file, named (also from a worker process)
+        raise UnreadableImage(str(err), key=key) from None
+    except OSError as err:
         raise ConfigError(f"'{key}={path}': cannot read an image: {err}", key=key) from None
+    finally:
+        # Stop the workers now: an iterator left to the garbage collector may be inherited by a process forked
+        # later, whose exit would print a traceback from the iterator's __del__.
+        getattr(batches, "_shutdown_workers", lambda: None)()
     return torch.cat(batches) if batches else torch.empty((0,), dtype=torch.uint8)
+
+
+def _open_folders(path: str, test_path: str | None, size: tuple[int, int], channels: int):
+    """The folder (and the held-out one) as ImageFolders with the same classes, at least two, and the warnings
+    about the files they skip."""
+    images = _open_folder(path, "dataset.path", size, channels)
+    held_out = _open_folder(test_path, "dataset.test_path", size, channels) if test_path is not None else None
+    if held_out is not None and held_out.classes != images.classes:
+        raise ConfigError(f"'dataset.test_path={test_path}' has classes {held_out.classes}, but dataset.path has "
+                          f"{images.classes}: both folders need the same class sub-folders.", key="dataset.test_path")
+    if len(images.classes) < 2:
+        raise ConfigError(f"'dataset.path={path}' has one class sub-folder ({images.classes[0]}): a classifier needs "
+                          f"at least two, one sub-folder of images per class.", key="dataset.path")
+    warnings = skipped_files(path, "dataset.path") + (skipped_files(test_path, "dataset.test_path")
+                                                      if test_path is not None else [])
+    return images, held_out, warnings
 
 
 @DATASETS.register("image_folder")
@@ -248,11 +304,7 @@ def build_image_folder(path: str | None = None, test_path: str | None = None, im
         raise ConfigError(f"'dataset.in_memory={in_memory}' must be true, false or auto (in memory when the images "
                           f"fit in dataset.max_memory_gb).", key="dataset.in_memory")
     size = _image_size(image_size)
-    images = _open_folder(path, "dataset.path", size, channels)
-    held_out = _open_folder(test_path, "dataset.test_path", size, channels) if test_path is not None else None
-    if held_out is not None and held_out.classes != images.classes:
-        raise ConfigError(f"'dataset.test_path={test_path}' has classes {held_out.classes}, but dataset.path has "
-                          f"{images.classes}: both folders need the same class sub-folders.", key="dataset.test_path")
+    images, held_out, warnings = _open_folders(path, test_path, size, channels)
     name = Path(path).expanduser().resolve().name
     labels = torch.as_tensor(images.targets, dtype=torch.long)
     idx_train, idx_val, idx_test = split_order(len(images), name=name, seed=seed, val_fraction=val_fraction,
@@ -275,8 +327,10 @@ def build_image_folder(path: str | None = None, test_path: str | None = None, im
         if held_out is not None:
             test = (_decode(held_out, range(len(held_out)), "dataset.test_path", test_path, workers),
                     torch.as_tensor(held_out.targets, dtype=torch.long))
-        return split_images(x, labels, name=name, class_names=list(images.classes), seed=seed,
+        data = split_images(x, labels, name=name, class_names=list(images.classes), seed=seed,
                             val_fraction=val_fraction, test_fraction=test_fraction, test=test)
+        data.warnings.extend(warnings)
+        return data
 
     x_train = StreamedImages(ImagesOnly(images, idx_train.tolist()), (channels, *size), workers, pin_memory,
                              persistent_workers)
@@ -293,4 +347,4 @@ def build_image_folder(path: str | None = None, test_path: str | None = None, im
                     labels[idx_val], x_test, y_test)
     info = DataInfo(input_shape=(channels, *size), task="classification", num_classes=len(images.classes),
                     class_names=list(images.classes), pixel_mean=mean, pixel_std=std, name=name)
-    return Dataset(splits, info)
+    return Dataset(splits, info, warnings)

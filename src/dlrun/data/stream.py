@@ -12,19 +12,44 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from dlrun.errors import ConfigError
+
+
+class UnreadableImage(ConfigError):
+    """An image file that cannot be decoded, named; one line, also when raised in a DataLoader worker process.
+
+    A worker's exception reaches the main process as its type called with torch's text "Caught ... Original
+    Traceback ...", whose last line is this error's own message: only that line is kept."""
+
+    def __init__(self, message: str, key: str | None = "dataset.path") -> None:
+        if message.startswith("Caught ") and "Traceback" in message:
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message, key=key)
+
 
 class ImagesOnly(torch.utils.data.Dataset):
-    """Rows `indices` of an (image, label) dataset, images only: the labels are held in memory anyway."""
+    """Rows `indices` of an (image, label) dataset, images only: the labels are held in memory anyway.
 
-    def __init__(self, dataset: torch.utils.data.Dataset, indices: Sequence[int]) -> None:
+    A file that cannot be decoded (corrupt, truncated, not an image) raises UnreadableImage naming it and `key`."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: Sequence[int], key: str = "dataset.path") -> None:
         self.dataset = dataset
         self.indices = list(indices)
+        self.key = key
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.dataset[self.indices[i]][0]
+        try:
+            return self.dataset[self.indices[i]][0]
+        except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... for a bad file
+            samples = getattr(self.dataset, "samples", None)
+            file = samples[self.indices[i]][0] if samples is not None else f"image {self.indices[i]}"
+            reason = ("not an image PIL can decode, whatever its suffix" if "cannot identify image" in str(err)
+                      else " ".join(str(err).split()) or type(err).__name__)
+            raise UnreadableImage(f"'{self.key}': cannot read the image {file} ({reason}). Remove or replace that "
+                                  f"file.", key=self.key) from None
 
 
 class StreamedImages:
