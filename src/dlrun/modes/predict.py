@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,14 @@ def read_table(path: Path, info: Any) -> tuple[torch.Tensor, list[str]]:
         raise _bad_input(str(path), f"a CSV gives one row of numbers per sample, but this run's model takes "
                                     f"inputs of shape {tuple(info.input_shape)}: give a folder of images or a "
                                     f".npy/.pt array instead.")
-    with path.open(newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row]
+    from dlrun.data.tabular import FLOAT32_MAX, decode, lines_text, parse_number, read_table_text
+
+    # Read as dataset=csv reads: a spreadsheet's byte-order mark, encoding, ';' separator and decimal commas.
+    header, body_rows, all_lines, separator = read_table_text(decode(path.read_bytes(), str(path), "predict.input")[0],
+                                                              str(path), "predict.input")
+    rows = [header, *body_rows] if header else []
     if not rows:
         raise _bad_input(str(path), "the file is empty.")
-    header = [h.strip() for h in rows[0]]
     names = info.feature_names
     if names is not None:
         missing = [n for n in names if n not in header]
@@ -43,10 +47,10 @@ def read_table(path: Path, info: Any) -> tuple[torch.Tensor, list[str]]:
             raise _bad_input(str(path), f"the header lacks the feature column(s) {', '.join(missing)}; the run was "
                                         f"trained on the columns {', '.join(names)} (other columns are ignored).")
         columns = [header.index(n) for n in names]
-        body, first_line = rows[1:], 2
+        body, lines = rows[1:], all_lines[1:]
     else:  # a dataset without column names: the file's columns are the features, a header line is optional
         has_header = not all(_is_number(c) for c in rows[0])
-        body, first_line = (rows[1:], 2) if has_header else (rows, 1)
+        body, lines = (rows[1:], all_lines[1:]) if has_header else (rows, all_lines)
         width = {len(r) for r in body}
         if width != {info.input_dim}:
             raise _bad_input(str(path), f"rows have {', '.join(map(str, sorted(width)))} column(s); the run's model "
@@ -55,16 +59,24 @@ def read_table(path: Path, info: Any) -> tuple[torch.Tensor, list[str]]:
     if not body:
         raise _bad_input(str(path), "no data rows after the header line.")
     x = torch.empty(len(body), len(columns))
+    missing: dict[str, list[int]] = {}
     for i, row in enumerate(body):
         for j, c in enumerate(columns):
-            cell = row[c].strip() if c < len(row) else ""
-            if not _is_number(cell):
-                raise _bad_input(str(path), f"line {i + first_line}, column '{header[c] if names else c + 1}': "
-                                            f"'{cell}' is not a number.")
-            x[i, j] = float(cell)
+            try:
+                value = parse_number(row[c], separator != ",", limit=FLOAT32_MAX)
+            except ValueError:
+                raise _bad_input(str(path), f"line {lines[i]}, column '{header[c] if names else c + 1}': "
+                                            f"'{row[c].strip()}' is not a number.") from None
+            if value is None:
+                missing.setdefault(header[c] if names else str(c + 1), []).append(lines[i])
+            x[i, j] = math.nan if value is None else value
+    if missing:  # a NaN input gives a NaN prediction: refused, not written
+        where = "; ".join(f"column '{name}' {lines_text(found)}" for name, found in missing.items())
+        raise _bad_input(str(path), f"missing or non-finite values (empty, NA, nan, inf, beyond 3.4e38): {where}. "
+                                    f"Fill them in or leave those rows out: a prediction needs every feature.")
     if info.feature_mean is not None:  # the training split's standardisation (course 2 §3.3)
         x = (x - info.feature_mean) / info.feature_std
-    return x, [f"row {i + first_line}" for i in range(len(body))]
+    return x, [f"row {line}" for line in lines]
 
 
 def _is_number(text: str) -> bool:

@@ -35,6 +35,7 @@ def load_trained(exp: Experiment) -> Path:
     without a run."""
     refuse_without_run(exp)
     saved, path = exp.directory.load_best()
+    match_by_name(exp, saved)
     try:
         exp.model.load_state_dict(saved["model"])
     except RuntimeError as err:  # the overrides given now build a different model than the one trained
@@ -83,3 +84,71 @@ def on_training_scale(exp: Experiment, saved: dict[str, Any] | None) -> list[str
     if changed:
         exp.info, exp.splits = info, replace(exp.splits, **splits)
     return changed
+
+
+def match_by_name(exp: Experiment, saved: dict[str, Any]) -> None:
+    """Another file scored by the trained run (mode=eval dataset.path=other.csv): its feature columns are put in the
+    run's order by name, and its classes must be the run's, by name, not by position. Checkpoints written before
+    dl-run saved the names are matched by position, with a warning."""
+    info, scaling = exp.info, saved.get("scaling") or {}
+    trained_features, trained_classes = scaling.get("feature_names"), scaling.get("class_names")
+    where = _dataset_words(exp)
+    if info.feature_names is not None and trained_features is not None:
+        now, trained = list(info.feature_names), list(trained_features)
+        lacking, extra = [n for n in trained if n not in now], [n for n in now if n not in trained]
+        if lacking:
+            raise ConfigError(f"{where} lacks the feature column(s) {', '.join(lacking)} that {exp.run_dir.name} was "
+                              f"trained on (its columns: {', '.join(trained)}).", key="dataset.path")
+        if extra:
+            raise ConfigError(f"{where} has the column(s) {', '.join(extra)} that {exp.run_dir.name} was not trained "
+                              f"on: score it with the run's columns, dataset.features=[{','.join(trained)}].",
+                              key="dataset.features")
+        if now != trained:
+            _reorder_features(exp, [now.index(n) for n in trained], trained)
+            console.console.print(f"{where}: its columns are read by name in the order the run was trained on "
+                                  f"({', '.join(trained)}).", soft_wrap=True)
+    if info.task == "classification" and info.class_names is not None and trained_classes is not None:
+        now, trained = list(info.class_names), list(trained_classes)
+        unseen, lacking = [c for c in now if c not in trained], [c for c in trained if c not in now]
+        if unseen or lacking:
+            what = (f"has class(es) {', '.join(unseen)} that {exp.run_dir.name} never saw" if unseen else
+                    f"lacks the class(es) {', '.join(lacking)} of {exp.run_dir.name}")
+            raise ConfigError(f"{where} {what} (the run's classes: {', '.join(trained)}): its model scores those "
+                              f"classes only, matched by name. Score a file whose target holds the same classes.",
+                              key="dataset.target")
+    if (trained_features is None and info.feature_names is not None or trained_classes is None and
+            info.class_names is not None and info.task == "classification") and _another_dataset(exp, saved):
+        warning = (f"The checkpoint of {exp.run_dir.name} was written before dl-run saved its feature and class names: "
+                   f"{where}'s columns and classes are matched to the run's by position, not by name.")
+        exp.data.warnings.append(warning)
+        console.print_warning(warning)
+
+
+def _dataset_words(exp: Experiment) -> str:
+    path = (exp.cfg.get("dataset") or {}).get("path")
+    return f"'dataset.path={path}'" if path else f"Dataset {exp.info.name}"
+
+
+def _another_dataset(exp: Experiment, saved: dict[str, Any]) -> bool:
+    """Whether the dataset given now differs from the one the run was trained on (its config in the checkpoint)."""
+    from omegaconf import OmegaConf
+
+    try:
+        trained = OmegaConf.to_container(OmegaConf.create(saved.get("config") or "{}")).get("dataset")
+    except Exception:  # noqa: BLE001 - an unreadable old config: say nothing rather than guess
+        return False
+    return trained is not None and trained != exp.cfg.get("dataset")
+
+
+def _reorder_features(exp: Experiment, order: list[int], names: list[str]) -> None:
+    """The inputs' last axis (tabular columns, or a series' values per step) put in `order`."""
+    info, index = exp.info, torch.tensor(order)
+    changes: dict[str, Any] = {"feature_names": names}
+    for key in ("feature_mean", "feature_std"):
+        if getattr(info, key) is not None:
+            changes[key] = getattr(info, key)[index.to(getattr(info, key).device)]
+    if info.sequence is not None:
+        changes["sequence"] = replace(info.sequence, target_feature=order.index(info.sequence.target_feature))
+    exp.info = replace(info, **changes)
+    exp.splits = replace(exp.splits, **{f"x_{split}": getattr(exp.splits, f"x_{split}")[..., index.to(
+        getattr(exp.splits, f"x_{split}").device)] for split in ("train", "val", "test")})
