@@ -129,7 +129,8 @@ def build_data(dataset_cfg: dict[str, Any], seed: int, task: str | None = None,
     classes, fraction = cfg.pop("classes", None), cfg.pop("train_fraction", 1.0)
     # A dataset that can serve several tasks (shapes: classes, masks or boxes) declares a `task` argument.
     # In a sweep the previous job's dataset is reused when its settings, seed and task are the same.
-    build = lambda: DATASETS.build(cfg, seed=seed, task=task)  # noqa: E731
+    # An unset top-level task must not hide dataset.task (dataset=csv dataset.task=regression).
+    build = lambda: DATASETS.build(cfg, seed=seed, **({} if task is None else {"task": task}))  # noqa: E731
     dataset = cache.build([cfg, seed, task], build) if cache is not None else build()
     return keep_subset(dataset, classes, fraction, seed)
 
