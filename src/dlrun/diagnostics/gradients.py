@@ -29,7 +29,7 @@ class GradientMonitor:
         self.every = every_n_steps
         self.histograms = histograms
         self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LAYERS_WITH_WEIGHTS)]
-        self.ratios: list[float] = []
+        self.ratios: list[float] = []  # first/last gradient-norm ratio of each logged step (the run's, once resumed)
         self._capture = False
         self._activations: dict[str, dict[str, float]] = {}
         self._hooks = [m.register_forward_hook(self._record(name)) for name, m in model.named_modules()
@@ -73,6 +73,14 @@ class GradientMonitor:
                 values[f"activations/{name}/{key}"] = float(value)
         self._activations.clear()
         self.logger.scalars(values, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the monitor has accumulated, as plain data for a checkpoint (a copy: it stays as it is)."""
+        return {"ratios": list(self.ratios)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state_dict(): the median and its warning then cover the whole run."""
+        self.ratios = [float(r) for r in state["ratios"]]
 
     def median_ratio(self) -> float | None:
         """The median first/last gradient-norm ratio over the logged steps."""

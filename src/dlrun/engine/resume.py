@@ -39,7 +39,11 @@ class TrainState:
 
 def snapshot(parts: Any, state: TrainState, scaler: Any, generator: torch.Generator,
              extra: dict[str, Any]) -> dict[str, Any]:
-    """Everything `resume` needs, as tensors and plain data (`parts`: the Trainer's TrainingParts)."""
+    """Everything `resume` needs, as tensors and plain data (`parts`: the Trainer's TrainingParts).
+
+    `extra` is saved beside the state; a callable value is called now, so what it returns is current at this step
+    (a monitor's statistics, accumulated as training goes on).
+    """
     state.scaler = scaler.state_dict() if scaler is not None else None
     return {
         "model": parts.model.state_dict(),
@@ -48,7 +52,7 @@ def snapshot(parts: Any, state: TrainState, scaler: Any, generator: torch.Genera
         "train_state": {k: _copied(k, v) for k, v in state.__dict__.items()},
         "rng": checkpoint.rng_state(generator),
         "task": parts.task.state_dict(),  # a GAN's generator optimizer, a task's running sums
-        **extra,
+        **{key: value() if callable(value) else value for key, value in extra.items()},
     }
 
 

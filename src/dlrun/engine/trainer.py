@@ -63,7 +63,9 @@ class TrainingOutputs:
     monitor: Any = None  # dlrun.diagnostics.gradients.GradientMonitor, or None
     stop: StopOnSignal | None = None
     view: Callable[[nn.Module, int], None] | None = None  # what the task shows after each validation
-    checkpoint_extra: dict[str, Any] | None = None  # saved in every checkpoint beside the state (config, scaling)
+    # Saved in every checkpoint beside the state (config, scaling, the start-up report); a callable value is called
+    # when the checkpoint is taken (the gradient monitor's statistics so far).
+    checkpoint_extra: dict[str, Any] | None = None
 
 
 class Trainer:
