@@ -57,6 +57,10 @@ class TrainingRun:
         self.initial: tuple[float | None, str | None] = (None, None)
         self.vanishing: str | None = None
         self.gradient_ratio: float | None = None
+        # What the run measured before a resume, carried by its checkpoints: the start-up check made before its first
+        # step (initial loss, chance, warning), and the gradient monitor's statistics.
+        self.startup: dict[str, Any] | None = None
+        self.monitor_state: dict[str, Any] | None = None
 
     # ---- start or resume ------------------------------------------------------------------------------------------
 
@@ -76,6 +80,9 @@ class TrainingRun:
         ckpt, path, problems = self.directory.load_latest()
         refuse_changed_optimizer(self.cfg, ckpt.get("config"), path)
         self.state = state = restore(ckpt, self.exp.parts, self.generator, path)
+        # A checkpoint written before dl-run kept them has neither: its run falls back to what dl-run did then, the
+        # start-up check measured again at each resume and the gradient flow measured from the resume on.
+        self.startup, self.monitor_state = ckpt.get("startup_check"), ckpt.get("gradient_monitor")
         # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
         for problem in problems:
             console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
@@ -106,14 +113,25 @@ class TrainingRun:
         if exp.lr_scale != 1.0:
             console.console.print(f"learning rate scaled ×{exp.lr_scale:.3g} for batch size {batch}: "
                                   f"{exp.optimizer.param_groups[0]['lr']:.4g}")
-        self.chance, initial, warning = exp.task.startup_check(
-            exp.model, exp.prepare(exp.splits.x_train[:1024]), exp.splits.y_train[:1024], exp.data.splits.y_train,
-            exp.info)
+        self.chance, initial, warning = self._startup_check()
         self.initial = (initial, warning)
         if self.state is None and initial is not None:
             console.console.print(f"initial loss {initial:.4f} (a constant prediction scores {self.chance:.4f})")
             if warning:
                 console.print_warning(warning)
+
+    def _startup_check(self) -> tuple[float | None, float | None, str | None]:
+        """(chance, initial loss, warning) of the untrained model, measured before the first step; every checkpoint
+        carries them, so a resumed run reports the start of the run, not its weights at the resume."""
+        keys = ("chance", "initial_loss", "warning")
+        if self.startup is not None:
+            return tuple(self.startup[k] for k in keys)
+        exp = self.exp
+        measured = exp.task.startup_check(exp.model, exp.prepare(exp.splits.x_train[:1024]),
+                                          exp.splits.y_train[:1024], exp.data.splits.y_train, exp.info)
+        if self.state is None:
+            self.startup = dict(zip(keys, measured))
+        return measured
 
     # ---- train ----------------------------------------------------------------------------------------------------
 
@@ -130,6 +148,8 @@ class TrainingRun:
                                                           exp.splits.y_train[:size], exp.info.feature_names), 0)
         monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
                    if logger.gradients_every_n_steps else None)
+        if monitor is not None and self.monitor_state is not None:
+            monitor.load_state_dict(self.monitor_state)  # its median and warning cover the steps before the resume
         try:
             self.state = self._fit(logger, monitor)
             if not distributed.is_main():
@@ -150,7 +170,12 @@ class TrainingRun:
         exp = self.exp
         inputs = exp.view_inputs(logger, self.state.epoch if self.state is not None else 0)
         view = all_of([make(inputs) for make in exp.task.epoch_views])
-        extra = {"config": OmegaConf.to_yaml(self.cfg_node, resolve=True), "scaling": exp.info.scaling()}
+        extra: dict[str, Any] = {"config": OmegaConf.to_yaml(self.cfg_node, resolve=True),
+                                 "scaling": exp.info.scaling()}
+        if self.startup is not None:
+            extra["startup_check"] = self.startup
+        if monitor is not None:
+            extra["gradient_monitor"] = monitor.state_dict  # called at each checkpoint: current at its step
         with console.EpochProgress(exp.opts.progress) as progress, StopOnSignal() as stop, \
                 torch.autograd.set_detect_anomaly(exp.opts.detect_anomaly):
             outputs = TrainingOutputs(exp.directory, logger, progress, monitor, stop, view, extra)
@@ -247,11 +272,17 @@ class TrainingRun:
             "parameters": exp.summary[1],
             "train_seconds": round(state.train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - self.started, 3),
-            "overrides": self.overrides,
+            "overrides": trained_with(self.overrides),
             "history": state.history,
             "data_warnings": exp.data.warnings,
             **self.test_views,  # what the task's test views measured (test_per_class_accuracy, ...)
         }
+
+
+def trained_with(overrides: list[str]) -> list[str]:
+    """The overrides a run was trained with: a resumed run's own and any given at the resume, without the
+    `resume=` that continued it, so a run resumed without new ones reports the same as one that never stopped."""
+    return [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != "resume"]
 
 
 def refuse_changed_optimizer(cfg: dict[str, Any], saved_yaml: str | None, path: Path) -> None:
