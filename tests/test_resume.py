@@ -50,14 +50,19 @@ def build(seconds: float = 0.02):
 '''
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A directory holding the user's slow augmentation, and the run that was never interrupted."""
-    root = tmp_path_factory.mktemp("resume")
+def write_slow_augmentation(root: Path) -> Path:
+    """The user's slow augmentation in `root` (conf/ for --config-dir, slow_steps.py beside it); `root`."""
     (root / "slow_steps.py").write_text(SLOW_STEPS)
     (root / "conf" / "augmentation").mkdir(parents=True)
     (root / "conf" / "augmentation" / "slow.yaml").write_text(
         "# dl-run --config-dir conf augmentation=slow\n_target_: slow_steps.build\nseconds: 0.02\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A directory holding the user's slow augmentation, and the run that was never interrupted."""
+    root = write_slow_augmentation(tmp_path_factory.mktemp("resume"))
     done = subprocess.run([DL_RUN, *ARGS, "hydra.run.dir=baseline", "trainer.progress=false"], cwd=root,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
