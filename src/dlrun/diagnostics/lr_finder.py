@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from dlrun.engine.trainer import TrainingParts  # at run time: the lr_find keys are checked against the signature
 from dlrun.errors import ConfigError
-
-if TYPE_CHECKING:
-    from dlrun.engine.trainer import TrainingParts
 
 
 @dataclass
