@@ -141,6 +141,16 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int,
     return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
 
+def _standardised(values: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Values standardised with the mean and std of the training rows only, so nothing leaks from validation or
+    test (course 2 §3.3); computed in float64, so that large values (1e30) do not overflow a 32-bit sum or square;
+    the statistics kept as float32."""
+    values = np.asarray(values, dtype=np.float64)
+    mean, std = values[train].mean(axis=0), values[train].std(axis=0)
+    std[std < 1e-8] = 1.0
+    return (values - mean) / std, torch.as_tensor(mean.astype(np.float32)), torch.as_tensor(std.astype(np.float32))
+
+
 def split_arrays(
     x: np.ndarray,
     y: np.ndarray,
@@ -164,18 +174,11 @@ def split_arrays(
     name, class_names = described.get("name", ""), described.get("class_names")
     n = len(x)
     idx_train, idx_val, idx_test = split_indices(n, val_fraction, test_fraction, seed, name)
+    info_kwargs: dict = {}
     if standardize:
-        # Fit mean and std on the training split only, so nothing leaks from validation or test; computed in
-        # float64, so that large values (1e30) do not overflow a 32-bit sum or square.
-        x = np.asarray(x, dtype=np.float64)
-        mean = x[idx_train].mean(axis=0)
-        std = x[idx_train].std(axis=0)
-        std[std < 1e-8] = 1.0
-        x = (x - mean) / std
-        mean, std = mean.astype(np.float32), std.astype(np.float32)
+        x, mean, std = _standardised(x, idx_train)
+        info_kwargs.update(feature_mean=mean, feature_std=std)
     x = x.astype(np.float32)
-    info_kwargs: dict = ({"feature_mean": torch.as_tensor(mean), "feature_std": torch.as_tensor(std)}
-                         if standardize else {})
     if task == "classification":
         y_t = torch.as_tensor(y, dtype=torch.long)
         num_classes = int(y_t.max().item()) + 1
@@ -183,12 +186,8 @@ def split_arrays(
     else:
         y = np.asarray(y, dtype=np.float64).reshape(n, -1)
         if standardize_target:
-            t_mean = y[idx_train].mean(axis=0)
-            t_std = y[idx_train].std(axis=0)
-            t_std[t_std < 1e-8] = 1.0
-            y = (y - t_mean) / t_std
-            t_mean, t_std = t_mean.astype(np.float32), t_std.astype(np.float32)
-            info_kwargs.update(target_mean=torch.as_tensor(t_mean), target_std=torch.as_tensor(t_std))
+            y, t_mean, t_std = _standardised(y, idx_train)
+            info_kwargs.update(target_mean=t_mean, target_std=t_std)
         y = y.astype(np.float32)
         y_t = torch.as_tensor(y)
         info_kwargs.update(target_dim=y.shape[1])
