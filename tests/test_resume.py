@@ -183,7 +183,9 @@ def test_killed_at_random_moments_and_resumed_ends_bitwise_identical(workdir):
             assert "exiting now" in segment.output()
         checkpoint.load_latest(run_dir / "checkpoints")  # a loadable checkpoint survives every interruption
         left_a_partial_write = how in ("kill-in-write", "int-int")
-        args = [f"resume={run_dir}"]
+        # The run's --config-dir names code (the slow augmentation): dl-run takes it from the run folder only
+        # when the user gives it again (#17), as the printed resume command does.
+        args = [f"resume={run_dir}", "--config-dir", str(workdir / "conf")]
 
     final = Segment(workdir, args)
     assert final.proc.wait(timeout=120) == 0, final.output()
@@ -204,7 +206,7 @@ def test_ctrl_c_in_epoch_3_then_the_printed_command_finishes_the_same_run(workdi
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     command = re.search(r"Resume with:  (dl-run .*)", output).group(1)
     argv = shlex.split(command)
-    assert argv == ["dl-run", f"resume={run_dir}"]
+    assert argv == ["dl-run", f"resume={run_dir}", "--config-dir", str(workdir / "conf")]
 
     resumed = subprocess.run([DL_RUN, *argv[1:]], cwd=workdir, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -171,7 +171,7 @@ def _run_dir(own: Path) -> Path:
 def _interrupted_outside_training(run_dir: Path, cfg: DictConfig) -> None:
     from dlrun.run.run_directory import RunDirectory
 
-    resume = f"dl-run {shlex.quote(f'resume={run_dir.resolve()}')}"
+    resume = resume_command(run_dir)
     console.print_error("Interrupted outside the training loop. " + (
         f"Its checkpoints are intact; continue with:  {resume}" if (run_dir / "checkpoints" / "last.pt").is_file()
         else "Nothing was trained yet."))
@@ -184,7 +184,7 @@ def _interrupted(run_dir: Path, err: Interrupted) -> None:
     # soft_wrap: the command stays on one line, so it can be copied whole.
     stopped = str(err)[0].upper() + str(err)[1:]
     console.console.print(f"\n{stopped}. Checkpoint written: {run_dir / 'checkpoints' / 'last.pt'}"
-                          f"\nResume with:  dl-run {shlex.quote(f'resume={run_dir.resolve()}')}", soft_wrap=True)
+                          f"\nResume with:  {resume_command(run_dir)}", soft_wrap=True)
     handler = signal.getsignal(err.signum)
     if err.signum not in (signal.SIGINT, signal.SIGTERM) and callable(handler):
         handler(err.signum, None)  # a cluster tool's pre-emption handler: submitit requeues the job and exits
@@ -402,19 +402,33 @@ def _renamed(override: str) -> str:
 CODE_WORDS = ("_target_", "env_set", "searchpath", "callbacks")
 
 
-def _config_dir_of(run_dir: Path, given: list[str]) -> list[str]:
-    """The run's own --config-dir (Hydra records it), unless one is given again: its configs are the run's. A
-    folder whose configs name code is used only when the user gives it again with --config-dir."""
+def recorded_config_dirs(run_dir: Path) -> list[str]:
+    """The --config-dir folders a run was made with, as Hydra recorded them in .hydra/hydra.yaml (read as data)."""
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if any(a in ("--config-dir", "-cd") or a.startswith("--config-dir=") for a in given) or not hydra_yaml.is_file():
+    if not hydra_yaml.is_file():
         return []
     try:
         recorded = yaml.safe_load(hydra_yaml.read_text()) or {}
         sources = recorded.get("hydra", {}).get("runtime", {}).get("config_sources", []) or []
     except (yaml.YAMLError, AttributeError):
         raise ConfigError(f"'resume={run_dir}': {hydra_yaml} is not the file Hydra writes.", key="resume") from None
-    folders = [str(s.get("path")) for s in sources if isinstance(s, dict) and s.get("provider") == "command-line"
-               and s.get("schema") == "file"]
+    return [str(s.get("path")) for s in sources if isinstance(s, dict) and s.get("provider") == "command-line"
+            and s.get("schema") == "file"]
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues a run, as printed for the user to copy: with the run's own --config-dir, which
+    dl-run takes from a run folder only when the user gives it (its configs may name code)."""
+    config_dirs = [arg for folder in recorded_config_dirs(run_dir) for arg in ("--config-dir", folder)]
+    return shlex.join(["dl-run", f"resume={run_dir.resolve()}", *config_dirs])
+
+
+def _config_dir_of(run_dir: Path, given: list[str]) -> list[str]:
+    """The run's own --config-dir (Hydra records it), unless one is given again: its configs are the run's. A
+    folder whose configs name code is used only when the user gives it again with --config-dir."""
+    if any(a in ("--config-dir", "-cd") or a.startswith("--config-dir=") for a in given):
+        return []
+    folders = recorded_config_dirs(run_dir)
     for folder in folders:
         if not Path(folder).is_dir():
             raise ConfigError(f"'resume={run_dir}': the run was made with --config-dir {folder}, which is gone. "

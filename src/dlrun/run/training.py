@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,11 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str],
     training = TrainingRun(exp, cfg_node, overrides, started)
     training.start_or_resume()
     training.announce()
-    if not training.train():
-        return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores and reports
+    with training.logging():
+        training.train()
+        if not distributed.is_main():
+            return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores and reports
+        training.score_best()
     return training.report()
 
 
@@ -135,36 +140,39 @@ class TrainingRun:
 
     # ---- train ----------------------------------------------------------------------------------------------------
 
-    def train(self) -> bool:
-        """Train to the end; then, on rank 0, score and log the best checkpoint. False on the other ranks."""
+    @contextmanager
+    def logging(self) -> Iterator[None]:
+        """The logger (rank 0's; the others log nothing) and the gradient monitor, open while training and scoring."""
         exp, state = self.exp, self.state
-        if distributed.is_main():  # rank 0 logs
-            logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir, purge_step=state.step + 1 if state else None)
+        if distributed.is_main():
+            self.logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir,
+                                        purge_step=state.step + 1 if state else None)
         else:
-            logger = LOGGERS.build({"name": "none"}, run_dir=exp.run_dir)
-        if state is None:
+            self.logger = LOGGERS.build({"name": "none"}, run_dir=exp.run_dir)
+        every = self.logger.gradients_every_n_steps
+        self.monitor = GradientMonitor(exp.model, self.logger, every, self.logger.histograms) if every else None
+        if self.monitor is not None and self.monitor_state is not None:
+            self.monitor.load_state_dict(self.monitor_state)  # its median and warning cover the steps before a resume
+        try:
+            yield
+        finally:
+            if self.monitor is not None:
+                self.monitor.close()
+            self.logger.close()
+
+    def train(self) -> None:
+        """Train to the end (or until a signal: then Interrupted); note how the gradients flowed."""
+        exp, logger, monitor = self.exp, self.logger, self.monitor
+        if self.state is None:
             size = exp.opts.batch_size_for(len(exp.splits.x_train))
             logger.text("data/first_batch", batch_summary(exp.prepare(exp.splits.x_train[:size]),
                                                           exp.splits.y_train[:size], exp.info.feature_names), 0)
-        monitor = (GradientMonitor(exp.model, logger, logger.gradients_every_n_steps, logger.histograms)
-                   if logger.gradients_every_n_steps else None)
-        if monitor is not None and self.monitor_state is not None:
-            monitor.load_state_dict(self.monitor_state)  # its median and warning cover the steps before the resume
-        try:
-            self.state = self._fit(logger, monitor)
-            if not distributed.is_main():
-                return False
-            if monitor is not None:
-                self.vanishing, self.gradient_ratio = monitor.vanishing_warning(), monitor.median_ratio()
-            if self.vanishing:
-                console.print_warning(self.vanishing)
-                logger.text("diagnosis/gradient_flow", self.vanishing, self.state.step)
-            self.score_best(logger)
-        finally:
-            if monitor is not None:
-                monitor.close()
-            logger.close()
-        return True
+        self.state = self._fit(logger, monitor)
+        if monitor is not None and distributed.is_main():
+            self.vanishing, self.gradient_ratio = monitor.vanishing_warning(), monitor.median_ratio()
+        if self.vanishing:
+            console.print_warning(self.vanishing)
+            logger.text("diagnosis/gradient_flow", self.vanishing, self.state.step)
 
     def _fit(self, logger: Logger, monitor: GradientMonitor | None) -> TrainState:
         exp = self.exp
@@ -189,9 +197,9 @@ class TrainingRun:
 
     # ---- score the best checkpoint --------------------------------------------------------------------------------
 
-    def score_best(self, logger: Logger) -> None:
+    def score_best(self) -> None:
         """Test once, after training, on the best checkpoint (course 1 §6); its views and the verdict."""
-        exp, state = self.exp, self.state
+        exp, state, logger = self.exp, self.state, self.logger
         saved, self.best_path = self.directory.load_best()
         exp.model.load_state_dict(saved["model"])
         self.results = exp.score_every_split()
