@@ -177,7 +177,7 @@ def test_hydra_reads_back_every_quoted_folder_name():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from dlrun.cli import hydra_value
+    from dlrun.run.arguments import hydra_value
 
     parser = OverridesParser.create()
     for text in ["/home/josé/runs/a b", "it's", "end\\", "a\\'b", "x${y}", "C:\\x\\", "a,b", "plain/run-1.csv"]:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from dlrun.engine import checkpoint
-from dlrun.cli import resume_arguments
+from dlrun.run.arguments import resume_arguments
 from dlrun.errors import ConfigError
 from dlrun.run.experiment import Experiment
 from dlrun.run.training import run
