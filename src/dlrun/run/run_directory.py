@@ -51,11 +51,6 @@ def _checkpoint():  # noqa: ANN202 - torch is imported only when a checkpoint is
 
 # ---- folders dl-run may write into (checked before Hydra makes or writes anything) -------------------------------
 
-def is_marked(path: Path) -> bool:
-    """Whether dl-run made this folder (it holds dl-run's mark)."""
-    return (Path(path) / MARKER).is_file()
-
-
 def mark(path: Path, created: bool) -> None:
     """Write dl-run's mark into a folder it is about to write a run or sweep into."""
     from dlrun import __version__
