@@ -66,6 +66,9 @@ class TrainingOutputs:
     # Saved in every checkpoint beside the state (config, scaling, the start-up report); a callable value is called
     # when the checkpoint is taken (the gradient monitor's statistics so far).
     checkpoint_extra: dict[str, Any] | None = None
+    # Told each epoch's number and monitored validation value; True stops training at the end of that epoch (a
+    # search's pruner gives up on the trial: hydra_plugins.dlrun_optuna_sweeper).
+    should_stop: Callable[[int, float | None], bool] | None = None
 
 
 class Trainer:
@@ -217,6 +220,8 @@ class Trainer:
         monitored = epoch_metrics.get(self.opts.monitor)
         parts.schedule.step("epoch", monitored)
         is_best = self._note_best(monitored)
+        if self.out.should_stop is not None and self.out.should_stop(state.epoch, monitored):
+            state.stopped_early = True
         finished = state.epoch >= self.opts.epochs or self._done()
         stopping = self._stopping()
         saving = finished or stopping or state.epoch % self.opts.checkpoint_every_n_epochs == 0

@@ -23,7 +23,7 @@ CONFIG_PACKAGE = "dlrun.configs"
 # Hydra plugins behind options: (module, pip package, dl-run extra). The core install does not need them.
 _JOBLIB = ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "sweep")
 _SUBMITIT = ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm")
-_OPTUNA = ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper", "sweep")
+_OPTUNA = ("optuna", "optuna", "sweep")  # the sweeper is dl-run's own (hydra_plugins.dlrun_optuna_sweeper)
 PLUGINS = {("hydra/launcher", "joblib"): _JOBLIB, ("hydra/launcher", "submitit_local"): _SUBMITIT,
            ("hydra/launcher", "submitit_slurm"): _SUBMITIT, ("hydra/sweeper", "optuna"): _OPTUNA,
            ("hparams_search", "optuna"): _OPTUNA}
@@ -84,6 +84,16 @@ def check_plugins(overrides: list[Override]) -> None:
                     key=o.key_or_group)
 
 
+def check_pruner(overrides: list[Override]) -> None:
+    """A search's pruner named on the command line that does not exist is refused before anything is written."""
+    for o in overrides:
+        if o.key_or_group == "hydra.sweeper.pruner" and o.type is OverrideType.CHANGE:
+            from hydra_plugins.dlrun_optuna_sweeper.pruning import check_pruner_name
+
+            for choice in _choices(o):
+                check_pruner_name(choice)
+
+
 def check(argv: list[str]) -> None:
     """Raise ConfigError for an unknown group option or an unknown key among the overrides in argv."""
     args = get_args_parser().parse_args(argv)
@@ -94,6 +104,7 @@ def check(argv: list[str]) -> None:
     except Exception:
         return  # a syntax error: Hydra's own message points at the character
     check_plugins(overrides)
+    check_pruner(overrides)
     groups = config_options(args.config_dir)
     picked: list[str] = []
     for o in overrides:

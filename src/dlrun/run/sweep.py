@@ -32,7 +32,9 @@ class JobResult:
 
     @property
     def status(self) -> str:
-        return "completed" if self.metrics is not None else "failed"
+        if self.metrics is None:
+            return "failed"
+        return "pruned" if self.metrics.get("pruned_at_epoch") else "completed"  # a search's pruner stopped it
 
 
 def _sort_key(job: JobResult) -> tuple:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ class TrainingRun:
         # step (initial loss, chance, warning), and the gradient monitor's statistics.
         self.startup: dict[str, Any] | None = None
         self.monitor_state: dict[str, Any] | None = None
+        self.pruning = search_pruning()  # a search's pruner, told each epoch's monitored value; None in other runs
 
     # ---- start or resume ------------------------------------------------------------------------------------------
 
@@ -186,7 +187,8 @@ class TrainingRun:
             extra["gradient_monitor"] = monitor.state_dict  # called at each checkpoint: current at its step
         with console.EpochProgress(exp.opts.progress) as progress, StopOnSignal() as stop, \
                 torch.autograd.set_detect_anomaly(exp.opts.detect_anomaly):
-            outputs = TrainingOutputs(exp.directory, logger, progress, monitor, stop, view, extra)
+            outputs = TrainingOutputs(exp.directory, logger, progress, monitor, stop, view, extra,
+                                      should_stop=self.pruning)
             try:
                 return Trainer(exp.parts, outputs, self.state, self.generator).fit()
             except RuntimeError as err:
@@ -272,6 +274,7 @@ class TrainingRun:
             "epochs_run": state.epoch,
             "steps": state.step,
             "stopped_early": state.stopped_early,
+            "pruned_at_epoch": getattr(self.pruning, "pruned_at", None),  # the search's pruner stopped it there
             "best": {"epoch": state.best_epoch, "monitor": exp.opts.monitor, "value": state.best_value},
             "test": results["test"],
             "test_per_class_accuracy": None,
@@ -285,6 +288,23 @@ class TrainingRun:
             "data_warnings": exp.data.warnings,
             **self.test_views,  # what the task's test views measured (test_per_class_accuracy, ...)
         }
+
+
+def search_pruning() -> Callable[[int, float | None], bool] | None:
+    """The pruning of the search this job is a trial of (dl-run's Optuna sweeper with hydra.sweeper.pruner set);
+    None for any other run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    target = str(hydra_cfg.sweeper.get("_target_", ""))
+    if hydra_cfg.mode is not RunMode.MULTIRUN or not target.startswith("hydra_plugins.dlrun_optuna_sweeper."):
+        return None
+    from hydra_plugins.dlrun_optuna_sweeper.pruning import job_pruning
+
+    return job_pruning(hydra_cfg)
 
 
 def trained_with(overrides: list[str]) -> list[str]:
