@@ -30,7 +30,19 @@ class Loss:
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.binary:
             target = target.to(output.dtype).unsqueeze(1)
+        if isinstance(self.module, nn.BCELoss):
+            # CUDA's autocast refuses binary_cross_entropy on probabilities, whatever their dtype (its log is unsafe
+            # in half precision): it is computed in float32 outside autocast, as torch's autocast docs advise.
+            with torch.autocast(output.device.type, enabled=False):
+                return self.module(output.float(), target.float())
+        if self.class_dim == 1 and output.dim() > 2 and isinstance(self.module, (nn.CrossEntropyLoss, nn.NLLLoss)):
+            return self.module(*per_pixel_rows(output, target))
         return self.module(output, target)
+
+    def to(self, device: torch.device) -> "Loss":
+        """The loss with its module's buffers (msle's target statistics) on the device it scores on."""
+        self.module.to(device)
+        return self
 
     def predict_classes(self, output: torch.Tensor) -> torch.Tensor:
         """Class indices from the model's output."""
@@ -38,6 +50,15 @@ class Loss:
             threshold = 0.5 if self.output_activation == "sigmoid" else 0.0
             return (output.squeeze(1) > threshold).long()
         return output.argmax(dim=self.class_dim)
+
+
+def per_pixel_rows(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, *positions) scores and (N, *positions) classes -> one row per position: (N * positions, C), (N * ...).
+
+    The same mean loss; but a 1-D cross-entropy, which CUDA computes deterministically, where (N, C, H, W) would
+    call nll_loss2d, which torch.use_deterministic_algorithms refuses on CUDA (its forward adds with atomics).
+    """
+    return output.movedim(1, -1).reshape(-1, output.shape[1]), target.reshape(-1)
 
 
 def _regression(name: str, info: DataInfo) -> None:
@@ -109,8 +130,10 @@ class TokenCrossEntropy(nn.Module):
         if output.dim() != 3 or output.shape[:2] != target.shape:
             raise ValueError(f"token outputs must be (batch, steps, tokens) for targets {tuple(target.shape)}, "
                              f"got {tuple(output.shape)}")
-        return nn.functional.cross_entropy(output.transpose(1, 2), target, ignore_index=self.pad_token,
-                                           label_smoothing=self.label_smoothing)
+        # Flattened to one row per token: (batch, tokens, steps) would use nll_loss2d, which CUDA cannot do
+        # deterministically (see per_pixel_rows); the mean over the non-padding tokens is the same.
+        return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1),
+                                           ignore_index=self.pad_token, label_smoothing=self.label_smoothing)
 
 
 @LOSSES.register("mse")

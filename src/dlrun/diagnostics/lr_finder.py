@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dlrun.engine.options import autocast_for
 from dlrun.engine.trainer import TrainingParts  # at run time: the lr_find keys are checked against the signature
 from dlrun.errors import ConfigError
 
@@ -40,6 +41,7 @@ def find_lr(parts: TrainingParts, generator: torch.Generator, min_lr: float = 1e
     x, y = parts.splits.x_train, parts.splits.y_train
     batch_size = parts.options.batch_size_for(len(x))
     model.train()
+    autocast, scaler = autocast_for(parts.device, parts.options.precision)
     lrs, losses = [], []
     average, best = 0.0, math.inf
     order = torch.empty(0, dtype=torch.long)
@@ -52,10 +54,9 @@ def find_lr(parts: TrainingParts, generator: torch.Generator, min_lr: float = 1e
         for group in optimizer.param_groups:
             group["lr"] = lr
         xb = x[idx] if prepare is None else prepare(x[idx], train=True)  # uint8 images: standardise (augment)
-        loss = parts.task.loss(model, xb, y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with autocast:  # the run's precision: the rate found is the one training in it can take
+            loss = parts.task.loss(model, xb, y[idx])
+        _step(loss, optimizer, scaler)
         value = loss.item()  # the finder needs every value: a sync per step is its point
         average = smoothing * average + (1 - smoothing) * value if math.isfinite(value) else math.inf
         smoothed = average / (1 - smoothing ** (i + 1))
@@ -66,6 +67,18 @@ def find_lr(parts: TrainingParts, generator: torch.Generator, min_lr: float = 1e
             stopped = True
             break
     return LRFinding(lrs, losses, suggest(lrs, losses), stopped)
+
+
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """One optimiser step on the loss (fp16: through its gradient scaler)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float | None:

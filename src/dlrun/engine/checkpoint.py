@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlrun.engine import distributed
 from dlrun.errors import ConfigError
 
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -34,6 +35,14 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if distributed.launched():
+        # Every rank draws its own dropout masks and augmentations (on its own GPU, or from its CPU stream for
+        # its share of the batch): each rank's streams are saved, so each one resumes its own. Called on every
+        # rank together (the Trainer snapshots on all ranks at the same steps).
+        own = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            own["cuda"] = torch.cuda.get_rng_state()  # the current device: this rank's GPU
+        state["ranks"] = distributed.gather(own)
     return state
 
 
@@ -46,7 +55,25 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["shuffle"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, saved in cuda_states_to_restore(state["cuda"], torch.cuda.device_count()):
+            torch.cuda.set_rng_state(saved, index)
+    ranks = state.get("ranks")
+    if ranks and distributed.launched() and len(ranks) == distributed.world_size():
+        own = ranks[distributed.rank()]
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own and torch.cuda.is_available():
+            torch.cuda.set_rng_state(own["cuda"])
+    # With another number of processes than the run had, the ranks start from rank 0's streams: a correct run,
+    # but not the same random draws as the uninterrupted one.
+
+
+def cuda_states_to_restore(saved: list[torch.Tensor], gpus: int) -> list[tuple[int, torch.Tensor]]:
+    """(GPU index, state) for each saved GPU random state whose GPU this machine has.
+
+    torch.cuda.set_rng_state_all raises IndexError when the checkpoint came from a machine with more GPUs (or a wider
+    CUDA_VISIBLE_DEVICES); the states of GPUs not here belong to no device this run uses.
+    """
+    return list(enumerate(saved[:gpus]))
 
 
 def _temporary(path: Path) -> Path:

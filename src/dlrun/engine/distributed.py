@@ -93,13 +93,32 @@ def end_worker() -> None:
     os._exit(0)
 
 
-def device_for(device: torch.device) -> torch.device:
-    """Each rank on its own GPU: `cuda` becomes cuda:<local rank>."""
-    if launched() and device.type == "cuda" and device.index is None:
-        import torch
+def device_for(device: torch.device, gpus: int | None = None) -> torch.device:
+    """Each rank on its own GPU: `cuda` becomes cuda:<local rank> (`gpus`: how many this machine shows, else asked)."""
+    if not launched() or device.type != "cuda":
+        return device
+    import torch
 
-        return torch.device("cuda", local_rank())
-    return device
+    check_placement(str(device), int(os.environ.get("LOCAL_WORLD_SIZE", world_size())),
+                    torch.cuda.device_count() if gpus is None else gpus)
+    return torch.device("cuda", local_rank())
+
+
+def check_placement(device: str, processes: int, gpus: int) -> None:
+    """Refuse what would put data-parallel processes on GPUs wrongly: an explicit cuda:N (every rank would use GPU N
+    while torch.cuda.set_device takes the local rank's), or more processes on this machine than it has GPUs
+    ("invalid device ordinal" otherwise, after the processes started)."""
+    from dlrun.errors import ConfigError
+
+    if device.startswith("cuda:"):
+        raise ConfigError(f"'trainer.device={device}' with {processes} processes: each process takes the GPU of its "
+                          f"local rank, so name no index: use trainer.device=cuda (or auto), and CUDA_VISIBLE_DEVICES "
+                          f"to choose which GPUs the processes see.", key="trainer.device")
+    if processes > gpus:
+        raise ConfigError(f"'trainer.devices={processes}' on a machine with {gpus} visible GPU(s): each process "
+                          f"trains on its own GPU. Use trainer.devices={max(gpus, 1)} or fewer (CUDA_VISIBLE_DEVICES "
+                          f"says which GPUs are visible), or trainer.device=cpu for processes on the CPU.",
+                          key="trainer.devices")
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
@@ -146,6 +165,17 @@ def any_rank(flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0])
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's value of a picklable object, in rank order, on every rank ([obj] in a single process)."""
+    if not launched():
+        return [obj]
+    import torch.distributed as dist
+
+    box: list[Any] = [None] * world_size()
+    dist.all_gather_object(box, obj)
+    return box
 
 
 def broadcast(obj: Any) -> Any:
@@ -234,9 +264,13 @@ def worker_arguments() -> list[str]:
 
 def launch(devices: int, argv: list[str]) -> None:
     """`dl-run trainer.devices=N`: start N processes with torchrun on this machine, each running dl-run."""
+    import torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    device = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("trainer.device=")), "auto")
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        check_placement(device, devices, torch.cuda.device_count())  # before any process starts
     try:
         torchrun(["--standalone", f"--nproc_per_node={devices}", "-m", "dlrun", *argv])
     except ChildFailedError:

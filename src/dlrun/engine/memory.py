@@ -1,10 +1,14 @@
-"""Keep freed CPU memory in the process, so that training steps reuse it instead of asking the OS again."""
+"""Memory: keep freed CPU memory in the process (training steps reuse it), and check data fits a GPU before it moves."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dlrun.errors import ConfigError
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 _KEEP_BYTES = 1 << 30
@@ -25,3 +29,29 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
     except (OSError, AttributeError):  # another C library (musl) without mallopt
         return False
+
+
+# At most this share of a GPU's free memory holds the data; the model, its activations and the optimizer need the rest.
+DATA_SHARE_OF_GPU = 0.5
+
+
+def check_fits_on_device(tensors: Sequence[Any], device: Any, free_bytes: int | None = None) -> None:
+    """Refuse to move a dataset's tensors to a GPU they would mostly fill (`free_bytes`: its free memory, else asked).
+
+    Datasets are held in memory up to a limit on host RAM (image_folder's max_memory_gb); a GPU often has less.
+    """
+    import torch
+
+    if device.type != "cuda" and free_bytes is None:
+        return
+    size = sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor) and t.device != device)
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    if size > DATA_SHARE_OF_GPU * free_bytes:
+        gib = 2 ** 30
+        raise ConfigError(f"The dataset's splits take {size / gib:.2f} GiB, but {device} has "
+                          f"{free_bytes / gib:.2f} GiB free and dl-run gives the data at most "
+                          f"{DATA_SHARE_OF_GPU:.0%} of it (the model, its activations and the optimizer need the "
+                          f"rest). Stream images from disk "
+                          f"(dataset=image_folder dataset.in_memory=false), train on part of the data "
+                          f"(dataset.train_fraction=0.5), or use trainer.device=cpu.", key="dataset")

@@ -115,7 +115,7 @@ def autocast_for(device: torch.device, precision: str | int):
     if precision == "auto":  # as before trainer.precision existed: mixed precision on a GPU only
         if device.type != "cuda":
             return nullcontext(), None
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        precision = auto_gpu_precision()
     if precision == "32":
         return nullcontext(), None
     if precision == "fp16":
@@ -128,6 +128,41 @@ def autocast_for(device: torch.device, precision: str | int):
         raise ConfigError("'trainer.precision=bf16' but this GPU has no bfloat16 support: use fp16 or 32.",
                           key="trainer.precision")
     return torch.autocast(device.type, dtype=torch.bfloat16), None
+
+
+def auto_gpu_precision() -> str:
+    """`precision=auto` on a GPU: bf16 where the GPU computes it natively (Ampere and later), else fp16.
+
+    is_bf16_supported() alone also says yes where bf16 is only emulated (a V100 or a T4): slow there, and some
+    cuDNN convolutions refuse it; fp16 with its gradient scaler is what those cards' tensor cores run.
+    """
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4 had no including_emulation: compute capability 8 (Ampere) is native bf16
+        native = torch.cuda.get_device_capability()[0] >= 8
+    return "bf16" if native else "fp16"
+
+
+def set_up_cuda(device: torch.device, deterministic: bool) -> None:
+    """The CUDA switches a run needs, set before CUDA does its first matrix product.
+
+    Deterministic: cuBLAS needs a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when its handle is made, see
+    torch.use_deterministic_algorithms) and cuDNN must not pick its algorithm by timing. Otherwise cuDNN times
+    its algorithms once per input shape (cudnn.benchmark). Float32 matrix products and convolutions use TF32
+    tensor cores (10 mantissa bits; torch's own default for convolutions, not for matrix products):
+    trainer.precision=32 on an Ampere or later GPU runs several times faster than in full float32.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if device.type != "cuda":
+        return  # the CPU's own settings (oneDNN, threads) are left as they are
+    torch.backends.cudnn.benchmark = not deterministic
+    # TF32 is deterministic too (the same inputs give the same bits), so a deterministic run keeps it.
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
 def _positive_or_none(value: Any) -> bool:

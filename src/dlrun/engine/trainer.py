@@ -30,6 +30,10 @@ from dlrun.logger import Logger, NullLogger
 from dlrun.tasks import Task, monitor_mode
 
 
+# Under torchrun, the steps between two checks for a signal that any rank caught: each check all-reduces a flag.
+STOP_POLL_STEPS = 10
+
+
 class CheckpointStore(Protocol):
     """Where checkpoints go (dlrun.run.run_directory.RunDirectory is the one the runs use)."""
 
@@ -100,8 +104,9 @@ class Trainer:
         # checkpoints use the plain model, so checkpoints are the same whatever the number of processes.
         self.forward = distributed.wrap(parts.model, parts.device)
         if self.opts.compile:
-            self.forward = torch.compile(self.forward)
+            self.forward = parts.task.compiled(self.forward)
         self.started = 0.0  # when the current stretch of training began (perf_counter)
+        self.stop_poll_steps = STOP_POLL_STEPS if distributed.launched() else 1
 
     def fit(self) -> TrainState:
         """Train until the last epoch, max_steps or early stopping; return where the run stands."""
@@ -195,10 +200,15 @@ class Trainer:
 
     def _checkpoint_mid_epoch(self, running_loss: torch.Tensor, n_batches: int) -> None:
         """Every checkpoint_every_n_steps, or when a signal came: last.pt now (then stop, for a signal)."""
-        stopping = self._stopping()
         every = self.opts.checkpoint_every_n_steps
+        due = bool(every and self.state.step % every == 0)
         # Mid-epoch checkpoints only: at the epoch's last batch the epoch-end checkpoint follows at once.
-        if self.state.batch >= n_batches or not (stopping or (every and self.state.step % every == 0)):
+        if self.state.batch >= n_batches:
+            return
+        # Under torchrun asking whether any rank caught a signal is a collective: it is asked every few steps (and
+        # at each checkpoint step), the same steps on every rank; in one process it costs nothing, so every step.
+        stopping = self._stopping() if due or self.state.step % self.stop_poll_steps == 0 else False
+        if not (stopping or due):
             return
         self._check_finite(running_loss)
         # The mean over ranks: every rank resumes from it, and the epoch's mean comes out the same.
@@ -243,8 +253,9 @@ class Trainer:
         parts, state = self.parts, self.state
         distributed.sync_buffers(parts.model)  # every rank scores the same weights and statistics, so all decide alike
         train_terms = parts.task.epoch_scalars()  # a task's own training terms (a VAE's KL, a GAN's generator loss)
-        val = parts.task.evaluate(parts.model, parts.splits.x_val, parts.splits.y_val, parts.info,
-                                  self.opts.eval_batch_size, self.prepare, all_ranks=True)
+        with self.autocast:  # the precision the model trains in: on a GPU, half the memory and tensor cores
+            val = parts.task.evaluate(parts.model, parts.splits.x_val, parts.splits.y_val, parts.info,
+                                      self.opts.eval_batch_size, self.prepare, all_ranks=True)
         val = {f"val/{k}": v for k, v in val.items()}
         lr = parts.optimizer.param_groups[0]["lr"]
         epoch_metrics = {"train/loss": train_loss, **train_terms, **val, "lr": lr}

@@ -19,9 +19,10 @@ from dlrun.data.prepare import Prepare
 from dlrun.data.reuse import DatasetCache
 from dlrun.diagnostics.summary import summarize
 from dlrun.engine import distributed
+from dlrun.engine.determinism import deterministic_twins
 from dlrun.engine.evaluating import evaluating
-from dlrun.engine.memory import keep_freed_memory
-from dlrun.engine.options import (TrainerOptions, autocast_for, resolve_device, resolve_threads,
+from dlrun.engine.memory import check_fits_on_device, keep_freed_memory
+from dlrun.engine.options import (TrainerOptions, autocast_for, resolve_device, resolve_threads, set_up_cuda,
                                   use_channels_last)
 from dlrun.engine.trainer import TrainingParts
 from dlrun.errors import ConfigError
@@ -160,6 +161,7 @@ class Experiment:
         self.opts = TrainerOptions(**check_arguments(TrainerOptions, self.cfg["trainer"], "trainer"))
         self.device = distributed.device_for(resolve_device(self.opts.device))
         autocast_for(self.device, self.opts.precision)  # refuses fp16 off a GPU before anything is written
+        set_up_cuda(self.device, self.opts.deterministic)  # before CUDA's first matrix product
         if distributed.launched() and self.opts.devices not in (1, distributed.world_size()):
             raise ConfigError(f"'trainer.devices={self.opts.devices}' but torchrun started "
                               f"{distributed.world_size()} processes: give one or the other.", key="trainer.devices")
@@ -194,10 +196,14 @@ class Experiment:
                               f"initialises it).", key="init")
         apply_init(self.model, weight_fn, bias)
         self.model.to(self.device)
+        self.loss.to(self.device)  # a loss's buffers too (msle's target statistics)
+        if self.opts.deterministic and self.device.type == "cuda":
+            deterministic_twins(self.model)  # layers whose CUDA backward would refuse deterministic mode
         self.opts.channels_last = use_channels_last(self.opts.channels_last, self.device, self.model)
         if self.opts.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.opts.onednn_linear = use_onednn_linear(self.opts.onednn_linear, self.device, self.model)
+        check_fits_on_device(self.data.splits.tensors(), self.device)
         self.splits = self.data.splits.to(self.device)  # held as tensors on the training device
         if self.opts.overfit_batches:
             # The same few batches for training and validation: a sanity check that the model can fit anything.
@@ -262,8 +268,10 @@ class Experiment:
 
     def score_every_split(self) -> dict[str, dict[str, float]]:
         """The loss and the task's metrics of the model as it is now, on the train, val and test splits."""
-        return {split: self.task.evaluate(self.model, *self.splits.split(split), self.info, self.opts.eval_batch_size,
-                                          self.prepare) for split in ("train", "val", "test")}
+        with autocast_for(self.device, self.opts.precision)[0]:  # as it was trained and validated
+            return {split: self.task.evaluate(self.model, *self.splits.split(split), self.info,
+                                              self.opts.eval_batch_size, self.prepare)
+                    for split in ("train", "val", "test")}
 
     @property
     def parts(self) -> TrainingParts:

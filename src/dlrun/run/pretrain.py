@@ -67,7 +67,7 @@ def pretrain(backbone: dict[str, Any], classes: list[int], epochs: int, lr: floa
     # Written beside its final place, then renamed: a run stopped half-way leaves nothing that looks finished.
     partial = RunDirectory(run_dir.with_name(f"{run_dir.name}.partial{os.getpid()}"))
     shutil.rmtree(partial.path, ignore_errors=True)
-    _train_backbone(backbone, data, epochs, lr, seed, partial, device)
+    _train_backbone(backbone, data, epochs, lr, cfg, partial, device)
     partial.record_config(OmegaConf.create({"model": backbone, "pretrain": json.loads(key)}), [])
     try:
         partial.path.rename(run_dir)
@@ -76,15 +76,28 @@ def pretrain(backbone: dict[str, Any], classes: list[int], epochs: int, lr: floa
     return str(run_dir)
 
 
-def _train_backbone(backbone: dict[str, Any], data: Any, epochs: int, lr: float, seed: int,
+def pretraining_options(trainer_cfg: dict[str, Any], epochs: int, device: torch.device, net: torch.nn.Module
+                        ) -> TrainerOptions:
+    """The pretraining's trainer options: the run's precision, determinism and memory layout, on the run's device.
+
+    channels_last is decided here for the backbone (a bool: the string "auto" is true, and would turn every batch
+    NHWC whatever the model)."""
+    kept = {k: trainer_cfg[k] for k in ("precision", "deterministic", "channels_last", "eval_batch_size")
+            if k in trainer_cfg}
+    opts = TrainerOptions(epochs=epochs, progress=False, monitor="val/accuracy", **kept)
+    opts.channels_last = use_channels_last(opts.channels_last, device, net)
+    return opts
+
+
+def _train_backbone(backbone: dict[str, Any], data: Any, epochs: int, lr: float, cfg: dict[str, Any],
                     run_dir: RunDirectory, device: torch.device) -> None:
     """Adam on cross-entropy, the best validation accuracy kept, on the run's device."""
     from dlrun.tasks import task_class
 
+    seed = cfg["seed"]
     torch.manual_seed(seed)
     net = MODELS.build(backbone, key="model.backbone", info=data.info, out_features=data.info.num_classes).to(device)
-    opts = TrainerOptions(epochs=epochs, progress=False, monitor="val/accuracy")
-    opts.channels_last = use_channels_last(opts.channels_last, device, net)  # a decision, not the string "auto"
+    opts = pretraining_options(cfg.get("trainer") or {}, epochs, device, net)
     if opts.channels_last:
         net.to(memory_format=torch.channels_last)
     loss = LOSSES.build({"name": "cross_entropy"}, info=data.info)

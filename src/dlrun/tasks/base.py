@@ -112,6 +112,10 @@ class Task:
     def updates(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Update, ...]:
         return (Update(optimizer, list(model.parameters()), self.loss),)
 
+    def compiled(self, forward: nn.Module) -> nn.Module:
+        """What a step calls with trainer.compile=true: the model torch.compile'd (a GAN compiles its two players)."""
+        return torch.compile(forward)
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(model(x).float(), y)
 
@@ -138,7 +142,8 @@ class Task:
                 outputs = distributed.forward_shared(lambda xb: model(prepare(xb)), x, batch_size)
             else:
                 outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
-            metrics = {"loss": self.loss_fn(outputs.float(), y).item()}
+            outputs = outputs.float()  # under the run's autocast the model answers in bf16/fp16: metrics in float32
+            metrics = {"loss": self.loss_fn(outputs, y).item()}
             metrics.update(self.metrics(model, outputs, x, y, info, batch_size))
         return metrics
 

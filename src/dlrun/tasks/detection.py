@@ -26,23 +26,28 @@ def encode_targets(boxes: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.
     """(N, K, 5) boxes -> per cell: has an object (N, S, S) bool, box targets (N, S, S, 4), class (N, S, S).
 
     Box targets are the centre's offset in its cell and sqrt(w), sqrt(h). Two boxes centred in one cell:
-    the later one wins, as in YOLO v1 (one object per cell).
+    the later one wins, as in YOLO v1 (one object per cell). The winner is chosen explicitly: writing both with
+    one index_put leaves which write lands undefined (torch's docs; on CUDA a cell could take one box's
+    coordinates and another's class). No step here waits for the GPU: padding boxes go to a spare cell.
     """
-    n = boxes.shape[0]
-    obj = torch.zeros(n * grid * grid, dtype=torch.bool, device=boxes.device)
-    box = torch.zeros(n * grid * grid, 4, device=boxes.device)
-    cls = torch.zeros(n * grid * grid, dtype=torch.long, device=boxes.device)
-    valid = boxes[..., 0] >= 0
-    image = torch.arange(n, device=boxes.device).unsqueeze(1).expand(-1, boxes.shape[1])[valid]
-    b = boxes[valid]
+    n, k = boxes.shape[:2]
+    cells = n * grid * grid
+    b = boxes.reshape(n * k, 5)
     cx, cy = (b[:, 1] + b[:, 3]) / 2 * grid, (b[:, 2] + b[:, 4]) / 2 * grid
     col, row = cx.floor().clamp(0, grid - 1), cy.floor().clamp(0, grid - 1)
-    cell = image * grid * grid + row.long() * grid + col.long()
-    obj[cell] = True
+    image = torch.arange(n, device=boxes.device).repeat_interleave(k)
+    cell = torch.where(b[:, 0] >= 0, image * grid * grid + row.long() * grid + col.long(), cells)  # padding: spare
+    order = torch.arange(n * k, device=boxes.device)
+    last = torch.full((cells + 1,), -1, dtype=torch.long, device=boxes.device).scatter_reduce(
+        0, cell, order, reduce="amax")  # the latest box of each cell
+    cell = torch.where(last[cell] == order, cell, cells)  # boxes that lost their cell go to the spare one too
     wh = (b[:, 3:5] - b[:, 1:3]).clamp_min(0)
-    box[cell] = torch.stack([cx - col, cy - row, wh[:, 0].sqrt(), wh[:, 1].sqrt()], dim=1)
-    cls[cell] = b[:, 0].long()
-    return obj.view(n, grid, grid), box.view(n, grid, grid, 4), cls.view(n, grid, grid)
+    obj = torch.zeros(cells + 1, dtype=torch.bool, device=boxes.device).index_fill_(0, cell, True)
+    box = torch.zeros(cells + 1, 4, device=boxes.device).index_copy_(
+        0, cell, torch.stack([cx - col, cy - row, wh[:, 0].sqrt(), wh[:, 1].sqrt()], dim=1))
+    cls = torch.zeros(cells + 1, dtype=torch.long, device=boxes.device).index_copy_(
+        0, cell, b[:, 0].long().clamp_min(0))
+    return obj[:cells].view(n, grid, grid), box[:cells].view(n, grid, grid, 4), cls[:cells].view(n, grid, grid)
 
 
 class YoloLoss(nn.Module):
@@ -67,13 +72,18 @@ class YoloLoss(nn.Module):
         self.grid = output.shape[-1]
         obj, box, cls = encode_targets(boxes, self.grid)
         out = output.permute(0, 2, 3, 1)  # (N, S, S, 5 + C)
-        objectness = nn.functional.binary_cross_entropy_with_logits(out[..., 0], obj.float(), reduction="none")
-        loss = objectness[obj].sum() + self.lambda_noobj * objectness[~obj].sum()
-        if obj.any():
-            predicted = torch.sigmoid(out[..., 1:BOX_FIELDS][obj])
-            loss = loss + self.lambda_coord * ((predicted - box[obj]) ** 2).sum()
-            loss = loss + nn.functional.cross_entropy(out[..., BOX_FIELDS:][obj], cls[obj], reduction="sum")
-        return loss / output.shape[0]
+        # Every term is a sum over cells weighted by has-object (1) or not (0): no boolean indexing, whose result's
+        # size the GPU would first have to report to the host.
+        has = obj.to(out.dtype)
+        objectness = nn.functional.binary_cross_entropy_with_logits(out[..., 0], has, reduction="none")
+        loss = (objectness * has).sum() + self.lambda_noobj * (objectness * (1 - has)).sum()
+        predicted = torch.sigmoid(out[..., 1:BOX_FIELDS])
+        loss = loss + self.lambda_coord * (((predicted - box) ** 2).sum(-1) * has).sum()
+        classes = out[..., BOX_FIELDS:]
+        # One row per cell (a 1-D cross-entropy: deterministic on CUDA, unlike the (N, C, S, S) form).
+        class_loss = nn.functional.cross_entropy(classes.reshape(-1, classes.shape[-1]), cls.reshape(-1),
+                                                 reduction="none")
+        return (loss + (class_loss * has.reshape(-1)).sum()) / output.shape[0]
 
 
 def decode(output: torch.Tensor, score_threshold: float = 0.05, iou_threshold: float = 0.5,
@@ -95,14 +105,18 @@ def decode(output: torch.Tensor, score_threshold: float = 0.05, iou_threshold: f
     boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1).clamp(0, 1)
     from torchvision.ops import batched_nms  # here: importing torchvision takes ~1 s that other runs need not pay
 
+    cells = grid * grid
+    keep = (scores.reshape(-1) >= score_threshold).nonzero().squeeze(1)
+    image = keep // cells
+    b, s, c = boxes.reshape(-1, 4)[keep], scores.reshape(-1)[keep], labels.reshape(-1)[keep]
+    # Non-max suppression (course 3 §5.1): of boxes of one class overlapping by IoU > iou_threshold, only the
+    # highest-scoring survives. One batched_nms call for every image, each (image, class) pair its own group.
+    kept = batched_nms(b, s, image * probs.shape[-1] + c, iou_threshold)  # by decreasing score
+    kept_image = image[kept]
     detections = []
     for i in range(n):
-        keep = scores[i].flatten() >= score_threshold
-        b, s, c = boxes[i].reshape(-1, 4)[keep], scores[i].flatten()[keep], labels[i].flatten()[keep]
-        # Non-max suppression (course 3 §5.1): of boxes of one class overlapping by IoU > iou_threshold, only the
-        # highest-scoring survives. torchvision's batched_nms does it per class in one call.
-        kept = batched_nms(b, s, c, iou_threshold)[:max_detections]
-        detections.append({"boxes": b[kept], "scores": s[kept], "labels": c[kept]})
+        mine = kept[kept_image == i][:max_detections]
+        detections.append({"boxes": b[mine], "scores": s[mine], "labels": c[mine]})
     return detections
 
 
@@ -167,6 +181,9 @@ def mean_average_precision(detections: list[dict[str, torch.Tensor]], truths: li
 
 def detection_metrics(output: torch.Tensor, boxes: torch.Tensor, num_classes: int) -> dict[str, float]:
     """mAP@0.5 of the decoded, suppressed detections against the true boxes."""
+    # On the host: matching detections to true boxes is a loop that reads values one by one, each read a wait
+    # for the GPU if the tensors stayed there.
+    output, boxes = output.cpu(), boxes.cpu()
     scores = mean_average_precision(decode(output), ground_truth(boxes), num_classes)
     return {"map50": scores["map50"]}
 

@@ -103,6 +103,13 @@ class Adversarial(Task):
         return (Update(optimizer, list(model.discriminator.parameters()), self.discriminator_loss),
                 Update(self.generator_optimizer, list(model.generator.parameters()), self.generator_loss))
 
+    def compiled(self, forward: nn.Module) -> nn.Module:
+        """The generator and the discriminator compiled in place: the steps call them, not the pair's forward, so a
+        compiled wrapper around the pair would compile nothing."""
+        forward.generator.compile()
+        forward.discriminator.compile()
+        return forward
+
     def _scores(self, model: GeneratorAndCritic, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, ...]:
         real_score, fake_score = model.discriminator(real).float(), model.discriminator(fake).float()
         d_loss = (self.loss_fn.module(real_score, torch.ones_like(real_score))
