@@ -31,6 +31,9 @@ machine's load, the median drops the rounds a neighbour's burst hit); its second
              in-process run() of one job (reported; near 1 means nothing is rebuilt per job beyond the run itself)
   streaming  image_folder of PNGs the benchmark writes: an epoch streamed from disk by 2 DataLoader workers
              against the same epoch held in memory (reported)
+Precision: every side computes in --precision (default: dl-run's own auto, 32 on a CPU, bf16 or fp16 on a GPU):
+dl-run as trainer.precision, the bare and DataLoader loops under the same autocast (and fp16 gradient scaler),
+Lightning with its matching precision ("bf16-mixed", "16-mixed", "32-true").
 Clocks: on a CPU, ratios are judged on CPU seconds (this process's, or a child's from wait4), which a machine
 shared with other work disturbs far less than wall seconds; both are printed and written to the JSON. On a GPU,
 wall seconds. Every in-process variant runs under the same settings dl-run makes (torch's thread count, glibc
@@ -70,7 +73,7 @@ from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.logger import LOGGERS
 from dlrun.models import MODELS
 from dlrun.run.experiment import Experiment
-from dlrun.engine.options import resolve_threads
+from dlrun.engine.options import autocast_for, auto_gpu_precision, resolve_threads
 from dlrun.engine.trainer import Trainer, TrainingOutputs
 from dlrun.run.run_directory import RunDirectory
 from dlrun.run.training import run
@@ -218,21 +221,21 @@ def bare_loop(model_cfg: dict, exp: Experiment, data: tuple[torch.Tensor, ...], 
     torch.manual_seed(0)
     model = MODELS.build(model_cfg, info=exp.info, out_features=exp.info.num_classes).to(exp.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    autocast, scaler = autocast_for(exp.device, exp.opts.precision)  # dl-run's precision: the same arithmetic
     taken = 0
     with Stopwatch(exp.device) as watch:
         for _ in range(epochs):
             model.train()
             for idx in torch.randperm(len(x), device=exp.device).split(batch_size):
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                with autocast:
+                    loss = F.cross_entropy(model(x[idx]), y[idx])
+                optimizer_step(loss, optimizer, scaler)
                 taken += 1
                 if steps is not None and taken >= steps:
                     break
             model.eval()
-            with torch.no_grad():
-                out = torch.cat([model(xb) for xb in x_val.split(4096)])
+            with torch.no_grad(), autocast:
+                out = torch.cat([model(xb) for xb in x_val.split(4096)]).float()
                 # Read back as a real loop would, to print them: each .item() waits for the device.
                 _val_loss = F.cross_entropy(out, y_val).item()
                 _val_accuracy = (out.argmax(1) == y_val).float().mean().item()
@@ -256,18 +259,33 @@ def dataloader_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: in
     torch.manual_seed(0)
     model = MODELS.build(model_cfg, info=exp.info, out_features=exp.info.num_classes).to(exp.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    autocast, scaler = autocast_for(exp.device, exp.opts.precision)
     with Stopwatch(exp.device) as watch:
         model.train()
         for step, (xb, yb) in enumerate(loader, start=1):
             xb, yb = xb.to(exp.device), yb.to(exp.device)
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with autocast:
+                loss = F.cross_entropy(model(xb), yb)
+            optimizer_step(loss, optimizer, scaler)
             if steps is not None and step >= steps:
                 break
     return watch.seconds
 
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """backward and step, through fp16's gradient scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+# Lightning's name for each trainer.precision: its mixed precision is the same autocast (and fp16 scaler).
+LIGHTNING_PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 
 # lightning_fabric's import sets this for the whole process. torch.cuda.is_available() then asks NVML on each
 # call, and torch.optim calls it every step: every variant run after Lightning in this process stepped slower
@@ -317,6 +335,7 @@ def lightning_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: int
     model = Classifier(MODELS.build(model_cfg, info=exp.info, out_features=exp.info.num_classes))
     accelerator = "gpu" if exp.device.type == "cuda" else "cpu"
     trainer = L.Trainer(max_epochs=1, accelerator=accelerator, devices=1, default_root_dir=str(work),
+                        precision=LIGHTNING_PRECISION[resolved_precision(exp)],
                         logger=TensorBoardLogger(str(work), name="lightning"), enable_model_summary=False,
                         limit_train_batches=steps or 1.0, num_sanity_val_steps=0, log_every_n_steps=10)
     extra = {"num_workers": 1, "pin_memory": True} if exp.device.type == "cuda" else {}
@@ -327,6 +346,14 @@ def lightning_loop(model_cfg: dict, exp: Experiment, root: Path, batch_size: int
         trainer.fit(model, *loaders)
     shutil.rmtree(work, ignore_errors=True)
     return watch.seconds
+
+
+def resolved_precision(exp: Experiment) -> str:
+    """The precision an experiment trains in, auto written out."""
+    precision = str(exp.opts.precision)
+    if precision != "auto":
+        return precision
+    return auto_gpu_precision() if exp.device.type == "cuda" else "32"
 
 
 def row(case: str, dlrun: dict, baseline: dict, bound: float | None, kind: str, judge: str, unit: str = "s",
@@ -368,7 +395,8 @@ class Bench:
         return 1 if self.args.smoke else (self.args.repeats or DEFAULT_REPEATS[name])
 
     def common(self) -> list[str]:
-        return [f"trainer.device={self.args.device}", f"trainer.threads={self.threads}"]
+        return [f"trainer.device={self.args.device}", f"trainer.threads={self.threads}",
+                f"trainer.precision={self.args.precision}"]
 
     def mnist(self, model: str) -> list[str]:
         steps = self.args.steps or (20 if self.args.smoke else None)
@@ -744,6 +772,9 @@ def main() -> int:
                         help="rounds per group, the variants back to back, taking turns going first (default "
                              f"{', '.join(f'{k} {v}' for k, v in DEFAULT_REPEATS.items())})")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--precision", default="auto",
+                        help="trainer.precision of dl-run and of every baseline alike: 32, bf16, fp16 or auto "
+                             "(dl-run's own: 32 on a CPU, bf16 on a GPU that computes it natively, else fp16)")
     parser.add_argument("--steps", type=int, default=None, help="stop the MNIST trainings after this many steps")
     parser.add_argument("--skip-cnn", action="store_true", help="leave out the MNIST CNN rows (minutes on a CPU)")
     parser.add_argument("--smoke", action="store_true",
@@ -767,9 +798,12 @@ def main() -> int:
     torch.set_num_threads(threads)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     load = os.getloadavg()
+    if args.precision == "auto":  # written out, so the table and its JSON say which precision every side ran in
+        args.precision = auto_gpu_precision() if args.device.startswith("cuda") else "32"
     print(f"device {args.device} ({device_name}), {os.cpu_count()} cores, load {load[0]:.1f}, {threads} torch "
-          f"thread(s), torch {torch.__version__}", flush=True)
-    report: dict = {"device": args.device, "device_name": device_name, "cores": os.cpu_count(), "threads": threads,
+          f"thread(s), precision {args.precision} for dl-run and baselines, torch {torch.__version__}", flush=True)
+    report: dict = {"device": args.device, "device_name": device_name, "precision": args.precision,
+                    "cores": os.cpu_count(), "threads": threads,
                     "torch": torch.__version__, "load_at_start": load, "smoke": args.smoke,
                     "statistic": "median of the per-round ratios (variants back to back in each round); "
                                  "medians of seconds",
