@@ -52,10 +52,12 @@ def _answers(url: str) -> bytes | None:
 
 
 @contextmanager
-def serve(command: list[str], ready_url: str, log: Path, timeout: float = 90.0,
+def serve(command: list[str], ready_url: str, timeout: float = 90.0,
           ready: Callable[[bytes], bool] = lambda body: True) -> Iterator[subprocess.Popen]:
-    """Run a server process until the block ends, once ready_url answers 200 with a body `ready` accepts."""
-    with open(log, "wb") as output:
+    """Run a server process until the block ends, once ready_url answers 200 with a body `ready` accepts; its output
+    goes to a temporary file, shown if it never gets ready."""
+    with tempfile.TemporaryDirectory(prefix="server-") as scratch, open(Path(scratch) / "output.log", "wb") as output:
+        log = Path(output.name)
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + timeout
@@ -84,8 +86,7 @@ def serve_tensorboard(logdir: Path, timeout: float = 90.0) -> Iterator[str]:
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
                "--host", "127.0.0.1", "--reload_interval", "1"]
     url = f"http://127.0.0.1:{port}/"
-    with serve(command, url + "data/runs", Path(logdir).parent / f"tensorboard-{port}.log", timeout,
-               ready=lambda body: bool(json.loads(body))):
+    with serve(command, url + "data/runs", timeout, ready=lambda body: bool(json.loads(body))):
         yield url
 
 

@@ -26,7 +26,7 @@ from dlrun.engine.options import (TrainerOptions, autocast_for, resolve_device, 
                                   use_channels_last)
 from dlrun.engine.trainer import TrainingParts
 from dlrun.errors import ConfigError
-from dlrun.logger import LOGGERS
+from dlrun.loggers import check_logger
 from dlrun.models import MODELS
 from dlrun.models.onednn_linear import use_onednn_linear
 from dlrun.models.transfer import has_pretrained_weights
@@ -37,8 +37,8 @@ from dlrun.tasks import TASKS, Choices, build_task, task_class, task_info
 from dlrun.views import ViewInputs, console
 
 TOP_LEVEL_KEYS = {"seed", "mode", "task", "resume", "dataset", "model", "loss", "optimizer", "scheduler", "init",
-                  "augmentation", "trainer", "logger", "experiment", "lr_find", "predict", "export", "overwrite",
-                  "trust_code"}
+                  "augmentation", "trainer", "logger", "experiment", "lr_find", "backprop", "loss_surface", "predict",
+                  "export", "overwrite", "trust_code", "sweep"}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -242,10 +242,8 @@ class Experiment:
     def _check_fit(self) -> None:
         """The logger's keys, and a first batch through the model: its output must fit the loss and targets."""
         self.logger_cfg = dict(self.cfg["logger"])
-        # Check the logger's keys now; it is built (and writes files) only when training starts.
-        check_arguments(LOGGERS.get(self.logger_cfg.get("name", "tensorboard"), "logger"),
-                        {k: v for k, v in self.logger_cfg.items() if k != "name"}, "logger",
-                        {"run_dir": None, "purge_step": None})
+        # Check the logger's keys, packages and servers now; it is built (and writes files) only when training starts.
+        check_logger(self.logger_cfg, self.run_dir)
         sample = self.prepare(self.splits.x_train[:2])
         model_name = self.cfg["model"].get("name")
         try:

@@ -19,10 +19,11 @@ from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary
 from dlrun.engine import distributed
 from dlrun.engine.resume import TrainState, restore
-from dlrun.engine.signals import StopOnSignal
+from dlrun.engine.signals import Interrupted, StopOnSignal
 from dlrun.engine.trainer import Trainer, TrainingOutputs
 from dlrun.errors import ConfigError
-from dlrun.logger import LOGGERS, Logger
+from dlrun.logger import Logger, NullLogger
+from dlrun.loggers import build_logger, checkpoint_state, close_logger
 from dlrun.run.experiment import Experiment, hparams_of
 from dlrun.views import all_of, console
 
@@ -41,12 +42,12 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str],
     training = TrainingRun(exp, cfg_node, overrides, started)
     training.start_or_resume()
     training.announce()
-    with training.logging():
+    with training.logging():  # open until the report is written: MLflow takes metrics.json and curves.png
         training.train()
         if not distributed.is_main():
             return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores and reports
         training.score_best()
-    return training.report()
+        return training.report()
 
 
 class TrainingRun:
@@ -66,6 +67,7 @@ class TrainingRun:
         # step (initial loss, chance, warning), and the gradient monitor's statistics.
         self.startup: dict[str, Any] | None = None
         self.monitor_state: dict[str, Any] | None = None
+        self.logger_state: dict[str, Any] | None = None
         self.pruning = search_pruning()  # a search's pruner, told each epoch's monitored value; None in other runs
 
     # ---- start or resume ------------------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ class TrainingRun:
         # A checkpoint written before dl-run kept them has neither: its run falls back to what dl-run did then, the
         # start-up check measured again at each resume and the gradient flow measured from the resume on.
         self.startup, self.monitor_state = ckpt.get("startup_check"), ckpt.get("gradient_monitor")
+        self.logger_state = ckpt.get("logger")  # e.g. the MLflow run to continue (absent from older checkpoints)
         # Only now, with the config and checkpoint proved good, is anything in the run directory changed.
         for problem in problems:
             console.print_warning(f"{problem}. Resuming from the previous good checkpoint, {path}, instead.")
@@ -146,20 +149,29 @@ class TrainingRun:
         """The logger (rank 0's; the others log nothing) and the gradient monitor, open while training and scoring."""
         exp, state = self.exp, self.state
         if distributed.is_main():
-            self.logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir,
-                                        purge_step=state.step + 1 if state else None)
+            model = self.cfg["model"].get("name") or self.cfg["model"].get("_target_")
+            run_info = {"params": hparams_of(self.cfg),
+                        "tags": {"dataset": exp.info.name, "model": model, "task": exp.info.task}}
+            self.logger = build_logger(exp.logger_cfg, exp.run_dir, purge_step=state.step + 1 if state else None,
+                                       resume_state=self.logger_state, run_info=run_info,
+                                       main_metric=exp.task.main_metric, overrides=tuple(self.overrides))
         else:
-            self.logger = LOGGERS.build({"name": "none"}, run_dir=exp.run_dir)
+            self.logger = NullLogger()
         every = self.logger.gradients_every_n_steps
         self.monitor = GradientMonitor(exp.model, self.logger, every, self.logger.histograms) if every else None
         if self.monitor is not None and self.monitor_state is not None:
             self.monitor.load_state_dict(self.monitor_state)  # its median and warning cover the steps before a resume
+        ended = "FINISHED"
         try:
             yield
+        except BaseException as err:
+            # How the run ended, for the trackers that record it: a signal leaves it resumable (KILLED).
+            ended = "KILLED" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "FAILED"
+            raise
         finally:
             if self.monitor is not None:
                 self.monitor.close()
-            self.logger.close()
+            close_logger(self.logger, ended)
 
     def train(self) -> None:
         """Train to the end (or until a signal: then Interrupted); note how the gradients flowed."""
@@ -185,6 +197,7 @@ class TrainingRun:
             extra["startup_check"] = self.startup
         if monitor is not None:
             extra["gradient_monitor"] = monitor.state_dict  # called at each checkpoint: current at its step
+        extra["logger"] = lambda: checkpoint_state(logger)  # what a backend needs to continue (MLflow's run id)
         with console.EpochProgress(exp.opts.progress) as progress, StopOnSignal() as stop, \
                 torch.autograd.set_detect_anomaly(exp.opts.detect_anomaly):
             outputs = TrainingOutputs(exp.directory, logger, progress, monitor, stop, view, extra,
