@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dlrun.diagnostics.lr_finder import find_lr
-from dlrun.logger import LOGGERS
+from dlrun.loggers import build_logger
 from dlrun.registry import check_arguments
 from dlrun.views import console, figures
 
@@ -24,7 +24,8 @@ def run_lr_find(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     png_path = exp.directory.output(exp.directory.file("lr_find.png"), "overwrite", overwrite)
     inputs = {"parts": exp.parts, "generator": torch.Generator().manual_seed(cfg["seed"])}
     finding = find_lr(**check_arguments(find_lr, cfg.get("lr_find") or {}, "lr_find", inputs))
-    logger = LOGGERS.build(exp.logger_cfg, run_dir=exp.run_dir)
+    # TensorBoard only: the finder's curve is not a training run for MLflow's or the CSV's tables.
+    logger = build_logger(exp.logger_cfg, exp.run_dir, only=("tensorboard",))
     for step, (lr, loss) in enumerate(zip(finding.lrs, finding.losses), start=1):
         logger.scalars({"lr_find/loss": loss, "lr_find/lr": lr}, step)
     figure = figures.curves_figure({"smoothed training loss": list(zip(finding.lrs, finding.losses))},

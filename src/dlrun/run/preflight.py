@@ -67,7 +67,8 @@ def _suggest(value: str, valid: list[str]) -> str:
 def _choices(override: Override) -> list[str]:
     if override.is_sweep_override():
         return list(override.sweep_string_iterator())
-    return [str(override.value())]
+    value = override.value()
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]  # logger=[tensorboard,mlflow]
 
 
 def check_plugins(overrides: list[Override]) -> None:
@@ -114,7 +115,9 @@ def check(argv: list[str]) -> None:
                 if choice not in valid and choice != "null":
                     raise ConfigError(f"Unknown option '{o.key_or_group}={choice}'. Valid {o.key_or_group} options: "
                                       f"{', '.join(valid)}.{_suggest(choice, valid)}", key=o.key_or_group)
-            picked.append(f"{o.key_or_group}={_choices(o)[0]}")
+            listed = not o.is_sweep_override() and isinstance(o.value(), list)  # several options of one group
+            picked.append(f"{o.key_or_group}=[{','.join(_choices(o))}]" if listed
+                          else f"{o.key_or_group}={_choices(o)[0]}")
     cfg = _compose(picked, args.config_dir)
     if cfg is None:
         return

@@ -195,6 +195,10 @@ class SweepJobs:
         if sweep_dir.is_dir():
             paths = write(sweep_dir, jobs)
             console.console.print("Summary: " + ", ".join(str(p) for p in paths), soft_wrap=True)
+            if (sweep_dir / "mlflow_sweep.json").is_file():  # its jobs logged to MLflow: the parent run ends
+                from dlrun.loggers.mlflow import finish_sweep
+
+                finish_sweep(sweep_dir, paths, failed=bool(self.crashed))
         console.console.print(f"Compare the runs:  tensorboard --logdir {sweep_dir.resolve()}", soft_wrap=True)
 
 
