@@ -37,7 +37,7 @@ def test_joblib_runs_the_jobs_side_by_side_and_the_summary_covers_them(dl_run, t
 
 
 def test_an_optuna_search_records_a_diverging_trial_as_failed_and_prints_the_best(dl_run, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna")  # dl-run's own sweeper (tests/test_optuna_sweeper.py) runs it
     # Two learning rates instead of the preset's space: one makes the loss NaN at once. The random sampler's
     # seed (0, from the preset) draws both among three trials.
     result = dl_run("-m", "hparams_search=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=3",
@@ -67,7 +67,7 @@ def test_a_launcher_that_is_not_installed_names_the_pip_command(monkeypatch):
 
 def test_a_search_whose_direction_contradicts_the_monitor_stops_before_any_trial(capsys):
     config = OmegaConf.create({"trainer": {"monitor": "val/accuracy"}, "hydra": {"sweep": {"dir": "outputs/x"}, "sweeper": {
-        "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "direction": "minimize"}}})
+        "_target_": "hydra_plugins.dlrun_optuna_sweeper.sweeper.OptunaSweeper", "direction": "minimize"}}})
     with pytest.raises(SystemExit) as stopped:
         SweepDirectory().on_multirun_start(config)
     assert stopped.value.code == 2

@@ -169,6 +169,12 @@ class SweepJobs:
         self.crashed.extend(crashed)
         self.sweep_dir = sweep_dir
 
+    def _add_earlier_trials(self) -> None:
+        """A resumed search launches only the trials it has not finished: the others are read from their folders."""
+        ran = {Path(job.run_dir).resolve() for job in self.jobs}
+        earlier, _ = read_jobs(self.sweep_dir, QUIET_KEYS)
+        self.jobs += [job for job in earlier if Path(job.run_dir).resolve() not in ran]
+
     def exit_code(self) -> int:
         """0, or 1 if a job crashed, else 2 if one failed on its input; a search that found a best trial is 0."""
         if self.search and any(job.status == "completed" for job in self.jobs):
@@ -179,6 +185,8 @@ class SweepJobs:
 
     def report(self) -> None:
         """The sweep table in the terminal, and summary.csv, summary.md and val_curves.png beside the jobs."""
+        if self.search and self.sweep_dir is not None and self.sweep_dir.is_dir():
+            self._add_earlier_trials()
         jobs, sweep_dir = self.jobs, self.sweep_dir
         failed = sum(job.status == "failed" for job in jobs)
         # Name each row by what differs between the jobs; what they share goes in the title.

@@ -76,19 +76,27 @@ class OptunaSearch(Sweeper):
                                     storage=storage_url(settings.storage, sweep_dir), sampler=sampler,
                                     pruner=build_pruner(settings.pruner, settings.pruning),
                                     direction=settings.direction, load_if_exists=True)
-        unfinished: list[Trial] = []
-        if OmegaConf.select(config, "sweep.resume", default=False):
-            refuse_changed_space(study, space)
-            unfinished = [Trial(study, t._trial_id) for t in study.get_trials(deepcopy=False,
-                                                                              states=(TrialState.RUNNING,))]
-            log.info(f"Resuming study {study.study_name}: {len(study.trials)} trials so far, "
-                     f"{len(unfinished)} to finish")
+        unfinished = self._resume(study, space) if OmegaConf.select(config, "sweep.resume", default=False) else []
         for start in range(0, len(unfinished), settings.n_jobs):
             self._run_batch(study, unfinished[start:start + settings.n_jobs], space, fixed)
         while len(study.trials) < n_trials:
             batch = min(n_trials - len(study.trials), settings.n_jobs)
             self._run_batch(study, [study.ask() for _ in range(batch)], space, fixed)
         save_results(study, Path(sweep_dir))
+
+    def _resume(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> list[Trial]:
+        """The trials a stop cut short (left RUNNING), to run again with their values; a seeded sampler moves on."""
+        refuse_changed_space(study, space)
+        unfinished = [Trial(study, t._trial_id) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        node = self.config.hydra.sweeper.get("sampler")
+        if node is not None and node.get("seed") is not None and not node.get("_partial_"):
+            from hydra.utils import instantiate
+
+            # Started again with its seed, it would draw the first trials' values again: the seed moves on by the
+            # number of trials the study holds, so a resumed search is as repeatable as one that never stopped.
+            study.sampler = instantiate(node, seed=int(node.seed) + len(study.trials))
+        log.info(f"Resuming study {study.study_name}: {len(study.trials)} trials so far, {len(unfinished)} to finish")
+        return unfinished
 
     def _sampler(self, space: dict[str, BaseDistribution]) -> tuple[optuna.samplers.BaseSampler, int]:
         """The sampler, and the number of trials (a grid has at most as many trials as points)."""
