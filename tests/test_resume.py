@@ -119,8 +119,8 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
 
 
-def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+def scalars(run_dir: Path, tag: str, folder: str = "tb") -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir / folder), size_guidance={"scalars": 0})
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
@@ -139,6 +139,9 @@ def assert_same_as_uninterrupted(workdir: Path, run_dir: Path) -> None:
     assert [s for s, _ in scalars(run_dir, "train/loss_step")] == list(range(LOG_EVERY, EPOCHS * STEPS_PER_EPOCH + 1,
                                                                              LOG_EVERY))
     assert [s for s, _ in scalars(run_dir, "val/loss")] == [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)]
+    for subrun in ("tb/train", "tb/val"):  # the Loss card's two curves (#19): purged on resume like the rest
+        assert scalars(run_dir, "Loss", subrun) == scalars(baseline, "Loss", subrun), subrun
+        assert [s for s, _ in scalars(run_dir, "Loss", subrun)] == [STEPS_PER_EPOCH * e for e in range(1, EPOCHS + 1)]
 
 
 def test_killed_at_random_moments_and_resumed_ends_bitwise_identical(workdir):

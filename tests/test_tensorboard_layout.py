@@ -104,3 +104,20 @@ def test_a_sweep_opens_in_the_browser_on_the_loss_card_of_every_job(dl_run, tmp_
     names = [info["name"] for info in served["hparamInfos"]]
     varied = {"optimizer.name", "optimizer.lr", "trainer.epochs", "model.hidden", "trainer.threads"}
     assert set(names[:len(varied)]) == varied and names[len(varied):] == sorted(names[len(varied):])
+
+
+def test_a_resume_after_a_lost_epoch_leaves_one_value_per_step_on_the_loss_card(dl_run, tmp_path):
+    first = dl_run("trainer.epochs=2", *QUICK)
+    assert first.code == 0, first.output
+    (run_dir,) = first.run_dirs()
+    saved = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    # Epoch 3 is logged, then its checkpoint is lost (as when a run is killed between the two): the resume from
+    # epoch 2 logs epoch 3 again, and TensorBoard must keep only the second one, in each sub-run.
+    assert dl_run(f"resume={run_dir}", "trainer.epochs=3").code == 0
+    (run_dir / "checkpoints" / "last.pt").write_bytes(saved)
+    again = dl_run(f"resume={run_dir}", "trainer.epochs=3")
+    assert again.code == 0, again.output
+    history = again.metrics()["history"]
+    for subrun in ("train", "val"):
+        loss = scalars(read_events(run_dir / "tb" / subrun), "Loss")
+        assert loss == [(h["step"], h[f"{subrun}/loss"]) for h in history], subrun
