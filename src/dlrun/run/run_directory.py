@@ -8,7 +8,7 @@
       data_sources.json                    every data path of a training run as given and as resolved, with its
                                            content's fingerprint: a reused run finds and checks its data by it
       checkpoints/last.pt, best.pt         written atomically; previous.pt is the last.pt before the newest
-      tb/                                  TensorBoard events (dlrun.logger)
+      tb/, tb/train/, tb/val/              TensorBoard events (dlrun.logger); train and val: the Loss card's curves
       metrics.json                         what the training measured (modes write their own files beside it)
       curves.png, grad_cam.png, ...        figures
 
