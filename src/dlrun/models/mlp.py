@@ -21,6 +21,7 @@ def build_mlp(
     pieces: int = 2,
     batch_norm: bool = False,
     dropout: float = 0.0,
+    output_bias: bool = True,
 ) -> nn.Module:
     """INPUT -> [FC -> (BN) -> ACT -> (DROPOUT)] * len(hidden) -> FC."""
     refuse_tokens(info, "mlp")
@@ -44,5 +45,6 @@ def build_mlp(
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = h
-    layers.append(nn.Linear(width, out_features))
+    # output_bias=false is the course's S = W³a² (course 2 §1.2): 16 parameters for 3 inputs and hidden [2, 2].
+    layers.append(nn.Linear(width, out_features, bias=output_bias))
     return nn.Sequential(*layers)
