@@ -26,14 +26,19 @@ def build_linear(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     standardize: bool = False,
+    x_range: list[float] = (-1.0, 1.0),
 ) -> Dataset:
     """y = Wx + b + noise with a known W and b (course 1 §5.1-5.2; outputs > 1 is Y = WᵀX + B)."""
     for key, value in (("n_samples", n_samples), ("inputs", inputs), ("outputs", outputs)):
         _positive(f"dataset.{key}", value)
+    if len(x_range) != 2 or not x_range[0] < x_range[1]:
+        raise ConfigError(f"'dataset.x_range={list(x_range)}' must be [low, high] with low < high, e.g. [0, 2].",
+                          key="dataset.x_range")
     rng = np.random.default_rng(seed)
     w = rng.uniform(-2.0, 2.0, size=(inputs, outputs))
     b = rng.uniform(-1.0, 1.0, size=outputs)
-    x = rng.uniform(-1.0, 1.0, size=(n_samples, inputs))
+    # x away from 0 (x_range=[0,2]) couples w and b: the loss surface becomes a long narrow valley (course 2 §3.1).
+    x = rng.uniform(x_range[0], x_range[1], size=(n_samples, inputs))
     y = x @ w + b + noise * rng.standard_normal((n_samples, outputs))
     data = split_arrays(x, y, task="regression", val_fraction=val_fraction, test_fraction=test_fraction,
                         seed=seed, standardize=standardize, name="linear")
