@@ -1,6 +1,6 @@
 """The model summary: every layer's output shape and parameter count, measured on a real forward pass.
 
-Convolution and pooling layers also show their output size by the course's formula (course 3 §2.1),
+Convolution and pooling layers, 1-D and 2-D, also show their output size by the course's formula (course 3 §2.1),
 checked against the measured shape.
 """
 
@@ -21,8 +21,8 @@ class LayerRow:
     kind: str
     output_shape: tuple[int, ...]
     parameters: int
-    formula: str | None = None  # W_out by the course formula, for conv and pooling layers
-    formula_matches: bool = True  # whether the formula gave the measured height and width
+    formula: str | None = None  # W_out (L_out in 1-D) by the course formula, for conv and pooling layers
+    formula_matches: bool = True  # whether the formula gave the measured length, or height and width
 
 
 def summarize(model: nn.Module, sample: torch.Tensor) -> tuple[list[LayerRow], int, int]:
@@ -45,8 +45,9 @@ def summarize(model: nn.Module, sample: torch.Tensor) -> tuple[list[LayerRow], i
             params = sum(p.numel() for p in module.parameters(recurse=False))
             row = LayerRow(name, module._get_name(), shape, params)
             x = inputs[0] if inputs else None
-            if isinstance(x, torch.Tensor) and x.dim() == 4 and len(shape) == 3:
-                predicted = predicted_size(module, x.shape[2], x.shape[3])
+            # (channels, length) in 1-D, (channels, height, width) in 2-D: the formula gives the sizes after channels
+            if isinstance(x, torch.Tensor) and x.dim() in (3, 4) and len(shape) == x.dim() - 1:
+                predicted = predicted_size(module, *x.shape[2:])
                 if predicted is not None:
                     row.formula, row.formula_matches = predicted[1], predicted[0] == shape[1:]
             rows.append(row)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple
 
+import torch
 from torch import nn
 
 from dlrun.components.activations import ACTIVATIONS, activation_width_factor
@@ -12,8 +16,34 @@ from dlrun.errors import ConfigError
 from dlrun.models.flatten import Flatten
 from dlrun.models.geometry import conv_output_size, formula_text
 from dlrun.models.registry import MODELS
+from dlrun.models.sequence import SEQUENCE_MODELS
 
 POOLS = ("max", "avg", "none")
+IMAGE_DATASETS = "digits, mnist, fashion_mnist, cifar10, shapes, image_folder"
+SERIES_DATASETS = "patterns, digits_rows, mnist_rows, sine, ar, sunspots, csv_timeseries"
+
+
+class ConvLayers(NamedTuple):
+    """The layer types of a convolutional network over 1 axis (time) or 2 (height, width)."""
+
+    conv: type[nn.Module]
+    max_pool: type[nn.Module]
+    avg_pool: type[nn.Module]
+    batch_norm: type[nn.Module]
+    dropout: type[nn.Module]  # drops whole feature maps (course 3 §3.4)
+    global_pool: type[nn.Module]
+
+
+LAYERS_1D = ConvLayers(nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d, nn.BatchNorm1d, nn.Dropout1d, nn.AdaptiveAvgPool1d)
+LAYERS_2D = ConvLayers(nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d, nn.Dropout2d, nn.AdaptiveAvgPool2d)
+
+
+class FeaturesAsChannels(nn.Module):
+    """(batch, steps, features) -> (batch, features, steps): each feature is an input channel of a 1-D
+    convolution, which slides along time as a 2-D one slides across pixels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
 
 
 def image_channels(info: DataInfo, model: str, instead: str = "model=mlp") -> tuple[int, int, int]:
@@ -22,8 +52,30 @@ def image_channels(info: DataInfo, model: str, instead: str = "model=mlp") -> tu
     if len(info.input_shape) != 3:
         raise ConfigError(f"'model={model}' needs image inputs (channels, height, width), but dataset "
                           f"'{info.name}' gives inputs of shape {tuple(info.input_shape)}. Use {instead}, or an "
-                          f"image dataset (digits, mnist, fashion_mnist, cifar10, shapes, image_folder).", key="model")
+                          f"image dataset ({IMAGE_DATASETS}).", key="model")
     return tuple(info.input_shape)  # type: ignore[return-value]
+
+
+def conv_input(info: DataInfo, model: str) -> tuple[int, tuple[int, ...]]:
+    """(input channels, sizes) for a network that convolves images in 2-D or series in 1-D: an image's
+    (channels, (height, width)), or a series' (features, (steps,)); a ConfigError naming what fits otherwise."""
+    tokens = info.task == "seq2seq" or (info.sequence is not None and info.sequence.tokens)
+    if tokens:
+        raise ConfigError(
+            f"'model={model}' reads numbers (an image, or a series of steps x features) and gives one output per "
+            f"input, but dataset '{info.name}' maps a sequence of tokens to another sequence ({info.task}). Use a "
+            f"sequence model: model={SEQUENCE_MODELS.replace(', ', ', model=').replace(' or ', ' or model=')}.",
+            key="model")
+    if len(info.input_shape) == 3:
+        return info.input_shape[0], tuple(info.input_shape[1:])
+    if info.sequence is not None or len(info.input_shape) == 2:
+        steps, features = info.input_shape
+        return features, (steps,)
+    raise ConfigError(
+        f"'model={model}' convolves images (channels, height, width) in 2-D or series (steps, features) in 1-D, "
+        f"but dataset '{info.name}' gives inputs of shape {tuple(info.input_shape)}, one vector per sample. Use "
+        f"model=mlp for it, or an image dataset ({IMAGE_DATASETS}) or a sequence dataset ({SERIES_DATASETS}).",
+        key="model")
 
 
 def make_activation(name: str, negative_slope: float, pieces: int) -> nn.Module:
@@ -49,18 +101,104 @@ def _stages(channels: list, convs_per_stage: int) -> list[list[int]]:
     return stages
 
 
-def _shrunk_to_nothing(layer: str, where: str, size: tuple[int, int], kernel: int, stride: int, padding: int,
+class ConvSettings(NamedTuple):
+    """The keys every convolution stage shares, and the layer types of its dimension."""
+
+    layers: ConvLayers
+    kernel_size: int
+    stride: int
+    padding: int
+    dilation: int
+    pool: str
+    pool_size: int
+    batch_norm: bool
+    dropout2d: float
+    inputs: str  # the dataset's inputs in words, for the error that refuses a geometry
+
+
+def _inputs_text(in_channels: int, size: tuple[int, ...]) -> str:
+    if len(size) == 1:
+        return f"the dataset's sequences are {size[0]} steps of {in_channels} feature{'s' * (in_channels != 1)}"
+    return f"the dataset's images are {in_channels}x{size[0]}x{size[1]}"
+
+
+def _shrunk_to_nothing(layer: str, where: str, size: tuple[int, ...], kernel: int, stride: int, padding: int,
                        dilation: int, advice: str) -> ConfigError:
-    h, w = size
-    side = h if conv_output_size(h, kernel, stride, padding, dilation) < 1 else w
+    side = next((n for n in size if conv_output_size(n, kernel, stride, padding, dilation) < 1), size[-1])
+    what, shown, symbol = (("sequence", f"{size[0]}-step", "L_out") if len(size) == 1 else
+                           ("feature map", "x".join(map(str, size)), "W_out"))
     return ConfigError(
-        f"The model shrinks the feature map to nothing at {where} (layer {layer}): its {h}x{w} input gives "
-        f"W_out = {formula_text(side, kernel, stride, padding, dilation)} (course 3 §2.1, kernel {kernel}, stride "
+        f"The model shrinks the {what} to nothing at {where} (layer {layer}): its {shown} input gives "
+        f"{symbol} = {formula_text(side, kernel, stride, padding, dilation)} (course 3 §2.1, kernel {kernel}, stride "
         f"{stride}, padding {padding}, dilation {dilation}). {advice}", key="model")
 
 
+def _conv_stage(s: int, widths: list[int], in_channels: int, size: tuple[int, ...], conv: ConvSettings,
+                act: Callable[[], nn.Module], factor: int) -> tuple[nn.Sequential, int, tuple[int, ...]]:
+    """Stage s: [CONV -> (BN) -> ACT]*N -> POOL? -> (DROPOUT2D), each size checked by the formula; the stage, its
+    output channels and sizes."""
+    layers: list[tuple[str, nn.Module]] = []
+    for c, kernels in enumerate(widths, start=1):
+        out = tuple(conv_output_size(n, conv.kernel_size, conv.stride, conv.padding, conv.dilation) for n in size)
+        if min(out) < 1:
+            raise _shrunk_to_nothing(
+                f"features.stage{s}.conv{c}", f"stage {s}, conv {c}", size, conv.kernel_size, conv.stride,
+                conv.padding, conv.dilation, f"Use a smaller model.kernel_size, more model.padding, a smaller stride "
+                                             f"or dilation, or fewer stages; {conv.inputs}.")
+        layers.append((f"conv{c}", conv.layers.conv(in_channels, kernels * factor, conv.kernel_size, conv.stride,
+                                                    conv.padding, conv.dilation, bias=not conv.batch_norm)))
+        if conv.batch_norm:
+            layers.append((f"bn{c}", conv.layers.batch_norm(kernels * factor)))
+        layers.append((f"act{c}", act()))
+        in_channels, size = kernels, out
+    if conv.pool != "none":
+        out = tuple(conv_output_size(n, conv.pool_size, conv.pool_size) for n in size)
+        if min(out) < 1:
+            raise _shrunk_to_nothing(
+                f"features.stage{s}.pool", f"stage {s}, {conv.pool} pooling", size, conv.pool_size, conv.pool_size,
+                0, 1, f"Use fewer stages, a smaller model.pool_size, or model.pool=none; {conv.inputs}.")
+        pool = conv.layers.max_pool if conv.pool == "max" else conv.layers.avg_pool
+        layers.append(("pool", pool(conv.pool_size)))
+        size = out
+    if conv.dropout2d > 0:
+        layers.append(("dropout2d", conv.layers.dropout(conv.dropout2d)))  # whole feature maps (course 3 §3.4)
+    return nn.Sequential(OrderedDict(layers)), in_channels, size
+
+
+def _head(features: int, hidden: list[int], batch_norm: bool, dropout: float, act: Callable[[], nn.Module],
+          factor: int) -> list[tuple[str, nn.Module]]:
+    """[FC -> (BN) -> ACT -> (DROPOUT)]*K, flattened input first, without the output layer."""
+    head: list[tuple[str, nn.Module]] = [("flatten", Flatten())]
+    for k, h in enumerate(hidden, start=1):
+        head.append((f"fc{k}", nn.Linear(features, h * factor)))
+        if batch_norm:
+            head.append((f"bn{k}", nn.BatchNorm1d(h * factor)))
+        head.append((f"act{k}", act()))
+        if dropout > 0:
+            head.append((f"dropout{k}", nn.Dropout(dropout)))
+        features = h
+    return head
+
+
+def _check_cnn_keys(channels: list, hidden: list[int], pool: str, dropouts: dict[str, float],
+                    global_pool: bool, sizes: dict[str, tuple[int, int, str]]) -> None:
+    for key, (value, low, what) in sizes.items():
+        _check(key, value, low, what)
+    if pool not in POOLS:
+        raise ConfigError(f"'model.pool={pool}' must be one of {', '.join(POOLS)}.", key="model.pool")
+    for key, p in dropouts.items():
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"'model.{key}={p}' must be in [0, 1).", key=f"model.{key}")
+    if any(h < 1 for h in hidden):
+        raise ConfigError(f"'model.hidden={list(hidden)}' must list positive layer widths, e.g. [128].",
+                          key="model.hidden")
+    if global_pool and not channels:
+        raise ConfigError("'model.global_pool=true' needs at least one convolution stage in model.channels.",
+                          key="model.global_pool")
+
+
 @MODELS.register("cnn")
-def build_cnn(  # noqa: PLR0913, PLR0915 - a registered builder: its parameters are the config's keys
+def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
     info: DataInfo,
     out_features: int,
     channels: list[int | list[int]] = (32, 64),
@@ -80,71 +218,32 @@ def build_cnn(  # noqa: PLR0913, PLR0915 - a registered builder: its parameters 
     dropout2d: float = 0.0,
     global_pool: bool = False,
 ) -> nn.Module:
-    """INPUT -> [[CONV -> (BN) -> ACT]*N -> POOL? -> (DROPOUT2D)]*M -> [FC -> ACT -> (DROPOUT)]*K -> FC."""
-    in_channels, height, width = image_channels(info, "cnn")
-    for key, value, low, what in (("kernel_size", kernel_size, 1, "at least 1"), ("stride", stride, 1, "at least 1"),
-                                  ("padding", padding, 0, "0 or more"), ("dilation", dilation, 1, "at least 1"),
-                                  ("pool_size", pool_size, 1, "at least 1")):
-        _check(key, value, low, what)
-    if pool not in POOLS:
-        raise ConfigError(f"'model.pool={pool}' must be one of {', '.join(POOLS)}.", key="model.pool")
-    for key, p in (("dropout", dropout), ("dropout2d", dropout2d)):
-        if not 0.0 <= p < 1.0:
-            raise ConfigError(f"'model.{key}={p}' must be in [0, 1).", key=f"model.{key}")
-    if any(h < 1 for h in hidden):
-        raise ConfigError(f"'model.hidden={list(hidden)}' must list positive layer widths, e.g. [128].",
-                          key="model.hidden")
-    if global_pool and not channels:
-        raise ConfigError("'model.global_pool=true' needs at least one convolution stage in model.channels.",
-                          key="model.global_pool")
+    """INPUT -> [[CONV -> (BN) -> ACT]*N -> POOL? -> (DROPOUT2D)]*M -> [FC -> ACT -> (DROPOUT)]*K -> FC: 2-D over
+    images, 1-D over series (steps x features, the features as input channels), with the same keys."""
+    in_channels, size = conv_input(info, "cnn")
+    _check_cnn_keys(channels, hidden, pool, {"dropout": dropout, "dropout2d": dropout2d}, global_pool, {
+        "kernel_size": (kernel_size, 1, "at least 1"), "stride": (stride, 1, "at least 1"),
+        "padding": (padding, 0, "0 or more"), "dilation": (dilation, 1, "at least 1"),
+        "pool_size": (pool_size, 1, "at least 1")})
     ACTIVATIONS.get(activation, "model.activation")
     factor = activation_width_factor(activation, pieces)
 
-    stages: list[tuple[str, nn.Module]] = []
-    size = (height, width)
-    for s, widths in enumerate(_stages(channels, convs_per_stage), start=1):
-        layers: list[tuple[str, nn.Module]] = []
-        for c, kernels in enumerate(widths, start=1):
-            out = tuple(conv_output_size(n, kernel_size, stride, padding, dilation) for n in size)
-            if min(out) < 1:
-                raise _shrunk_to_nothing(
-                    f"features.stage{s}.conv{c}", f"stage {s}, conv {c}", size, kernel_size, stride, padding,
-                    dilation, f"Use a smaller model.kernel_size, more model.padding, a smaller stride or dilation, "
-                              f"or fewer stages; the dataset's images are {in_channels}x{height}x{width}.")
-            layers.append((f"conv{c}", nn.Conv2d(in_channels, kernels * factor, kernel_size, stride, padding, dilation,
-                                                 bias=not batch_norm)))
-            if batch_norm:
-                layers.append((f"bn{c}", nn.BatchNorm2d(kernels * factor)))
-            layers.append((f"act{c}", make_activation(activation, negative_slope, pieces)))
-            in_channels, size = kernels, out
-        if pool != "none":
-            out = tuple(conv_output_size(n, pool_size, pool_size) for n in size)
-            if min(out) < 1:
-                raise _shrunk_to_nothing(
-                    f"features.stage{s}.pool", f"stage {s}, {pool} pooling", size, pool_size, pool_size, 0, 1,
-                    f"Use fewer stages, a smaller model.pool_size, or model.pool=none; the dataset's images are "
-                    f"{info.input_shape[0]}x{height}x{width}.")
-            layers.append(("pool", nn.MaxPool2d(pool_size) if pool == "max" else nn.AvgPool2d(pool_size)))
-            size = out
-        if dropout2d > 0:
-            layers.append(("dropout2d", nn.Dropout2d(dropout2d)))  # drops whole feature maps (course 3 §3.4)
-        stages.append((f"stage{s}", nn.Sequential(OrderedDict(layers))))
+    def act() -> nn.Module:
+        return make_activation(activation, negative_slope, pieces)
 
-    head: list[tuple[str, nn.Module]] = []
-    if global_pool:  # one number per feature map: the head no longer depends on the image size
-        head.append(("global_pool", nn.AdaptiveAvgPool2d(1)))
-        features = in_channels
-    else:
-        features = in_channels * size[0] * size[1]
-    head.append(("flatten", Flatten()))
-    for k, h in enumerate(hidden, start=1):
-        head.append((f"fc{k}", nn.Linear(features, h * factor)))
-        if batch_norm:
-            head.append((f"bn{k}", nn.BatchNorm1d(h * factor)))
-        head.append((f"act{k}", make_activation(activation, negative_slope, pieces)))
-        if dropout > 0:
-            head.append((f"dropout{k}", nn.Dropout(dropout)))
-        features = h
-    head.append(("out", nn.Linear(features, out_features)))
-    return nn.Sequential(OrderedDict([("features", nn.Sequential(OrderedDict(stages))),
-                                      ("head", nn.Sequential(OrderedDict(head)))]))
+    layers = LAYERS_1D if len(size) == 1 else LAYERS_2D
+    conv = ConvSettings(layers, kernel_size, stride, padding, dilation, pool, pool_size, batch_norm, dropout2d,
+                        _inputs_text(in_channels, size))
+    stages: list[tuple[str, nn.Module]] = []
+    for s, widths in enumerate(_stages(channels, convs_per_stage), start=1):
+        stage, in_channels, size = _conv_stage(s, widths, in_channels, size, conv, act, factor)
+        stages.append((f"stage{s}", stage))
+    # global pooling: one number per feature map, so the head no longer depends on the image size or series length
+    head = [("global_pool", layers.global_pool(1))] if global_pool else []
+    features = in_channels if global_pool else in_channels * math.prod(size)
+    head += _head(features, hidden, batch_norm, dropout, act, factor)
+    head.append(("out", nn.Linear(hidden[-1] if hidden else features, out_features)))
+    parts = [("features", nn.Sequential(OrderedDict(stages))), ("head", nn.Sequential(OrderedDict(head)))]
+    if len(size) == 1:  # a series comes as (batch, steps, features)
+        parts.insert(0, ("to_channels", FeaturesAsChannels()))
+    return nn.Sequential(OrderedDict(parts))

@@ -1,4 +1,4 @@
-"""A small residual network: convolutions with skip connections (course 3 §3.1)."""
+"""A small residual network: convolutions with skip connections (course 3 §3.1), over images or series."""
 
 from __future__ import annotations
 
@@ -10,23 +10,24 @@ from torch import nn
 
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
-from dlrun.models.cnn import image_channels, make_activation
+from dlrun.models.cnn import LAYERS_1D, LAYERS_2D, ConvLayers, FeaturesAsChannels, conv_input, make_activation
 from dlrun.models.registry import MODELS
 
 
 class ResidualBlock(nn.Module):
     """y = act(F(x) + shortcut(x)): the gradient reaches earlier layers through the identity (course 3 §3.1)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, act: Callable[[], nn.Module]) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, act: Callable[[], nn.Module],
+                 layers: ConvLayers = LAYERS_2D) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv1 = layers.conv(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = layers.batch_norm(out_channels)
         self.act1 = act()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = layers.conv(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = layers.batch_norm(out_channels)
         # When the block changes the size or the depth, a 1x1 convolution makes the skip path fit.
         self.shortcut = nn.Identity() if stride == 1 and in_channels == out_channels else nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+            layers.conv(in_channels, out_channels, 1, stride, bias=False), layers.batch_norm(out_channels))
         self.act2 = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +46,10 @@ def build_resnet(
     negative_slope: float = 0.1,
     dropout: float = 0.0,
 ) -> nn.Module:
-    """Stem conv -> stages of residual blocks (each later stage halves the size, widens) -> global pool -> FC."""
-    in_channels = image_channels(info, "resnet")[0]
+    """Stem conv -> stages of residual blocks (each later stage halves the size, widens) -> global pool -> FC; in
+    2-D over images, in 1-D over series (steps x features, the features as input channels)."""
+    in_channels, size = conv_input(info, "resnet")
+    conv = LAYERS_1D if len(size) == 1 else LAYERS_2D
     if not widths or any(w < 1 for w in widths):
         raise ConfigError(f"'model.widths={list(widths)}' must list positive widths, one per stage, e.g. [16, 32, 64].",
                           key="model.widths")
@@ -63,16 +66,17 @@ def build_resnet(
     def act() -> nn.Module:
         return make_activation(activation, negative_slope, 2)
 
-    layers: list[tuple[str, nn.Module]] = [
-        ("stem", nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                               act()))]
+    layers: list[tuple[str, nn.Module]] = [("to_channels", FeaturesAsChannels())] if len(size) == 1 else []
+    layers.append(("stem", nn.Sequential(conv.conv(in_channels, widths[0], 3, 1, 1, bias=False),
+                                         conv.batch_norm(widths[0]), act())))
     width = widths[0]
     for s, w in enumerate(widths, start=1):
-        blocks = [ResidualBlock(width if b == 0 else w, w, 2 if (b == 0 and s > 1) else 1, act)
+        # a stride of 2 halves the size; on a 1-step series or 1x1 map, the formula keeps it at 1 (course 3 §2.1)
+        blocks = [ResidualBlock(width if b == 0 else w, w, 2 if (b == 0 and s > 1) else 1, act, conv)
                   for b in range(blocks_per_stage)]
         layers.append((f"stage{s}", nn.Sequential(*blocks)))
         width = w
-    layers += [("global_pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
+    layers += [("global_pool", conv.global_pool(1)), ("flatten", nn.Flatten())]
     if dropout > 0:
         layers.append(("dropout", nn.Dropout(dropout)))
     layers.append(("out", nn.Linear(width, out_features)))

@@ -1,6 +1,6 @@
-"""Inside a CNN classifier (course 3 §5.1): Grad-CAM over a fixed panel of test images, drawn once here for
-every caller (the test views, the views during training, mode=gradcam), and the first layer's filters and
-feature maps."""
+"""Inside a CNN classifier (course 3 §5.1): Grad-CAM over a fixed panel of test images (or series, for a 1-D CNN),
+drawn once here for every caller (the test views, the views during training, mode=gradcam), and the first layer's
+filters and feature maps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dlrun.diagnostics.cnn import feature_maps_grid, filters_grid, grad_cam, grad_cam_figure, last_conv
+from dlrun.diagnostics.cnn import (feature_maps_grid, filters_grid, grad_cam, grad_cam_figure, grad_cam_series_figure,
+                                   last_conv)
 from dlrun.engine.evaluating import evaluating
 from dlrun.views import EpochView, ViewInputs, class_names
 
@@ -17,7 +18,7 @@ PANEL = 8  # the first test images: the same panel in every run
 
 
 def has_gradcam(inputs: ViewInputs) -> bool:
-    """Grad-CAM needs a CNN classifier with one score per class."""
+    """Grad-CAM needs a CNN classifier (2-D over images, or 1-D over series) with one score per class."""
     return last_conv(inputs.model) is not None and not inputs.loss.binary
 
 
@@ -29,8 +30,10 @@ def gradcam_panel(inputs: ViewInputs) -> tuple[Any, torch.Tensor]:
     # Called between epochs too: evaluating() hands the model back to training with dropout and BN as before.
     with torch.no_grad(), evaluating(inputs.model):
         predicted = inputs.loss.predict_classes(inputs.model(images).float())
-    figure = grad_cam_figure(images, grad_cam(inputs.model, images, predicted), grad_cam(inputs.model, images, true),
-                             predicted.tolist(), true.tolist(), class_names(inputs.info))
+    # a 1-D CNN's series (steps, features) get their heatmap over time under the series
+    draw = grad_cam_series_figure if isinstance(last_conv(inputs.model), nn.Conv1d) else grad_cam_figure
+    figure = draw(images, grad_cam(inputs.model, images, predicted), grad_cam(inputs.model, images, true),
+                  predicted.tolist(), true.tolist(), class_names(inputs.info))
     return figure, images
 
 

@@ -68,7 +68,10 @@ def model_table(rows: list[LayerRow], total: int, trainable: int, input_shape: t
     table.add_column("parameters", justify="right")
     formulas = any(row.formula for row in rows)
     if formulas:  # conv and pooling layers: the size by the course formula, checked against the measured one
-        table.add_column("W_out = ⌊(W_in - 1 + 2·padding - dilation·(kernel - 1)) / stride + 1⌋  (course 3 §2.1)")
+        # a 1-D network's layers give (channels, length): its formula is over the sequence's length
+        side = "L" if all(len(row.output_shape) == 2 for row in rows if row.formula) else "W"
+        table.add_column(f"{side}_out = ⌊({side}_in - 1 + 2·padding - dilation·(kernel - 1)) / stride + 1⌋  "
+                         f"(course 3 §2.1)")
     for row in rows:
         cells = [row.name, row.kind, str(row.output_shape), f"{row.parameters:,}"]
         if formulas:
