@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 DL_RUN = str(Path(sys.executable).with_name("dl-run"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The default suite trains on the CPU wherever it runs: its tests leave trainer.device=auto, which on a GPU
+    machine would train in bf16 on CUDA and check nothing GPU-specific. GPUs stay visible (to this process and
+    the dl-run processes it starts) only when the gpu-marked tests are selected: pytest -m gpu (tests/test_gpu.py)."""
+    if not re.search(r"(?<!not )\bgpu\b", config.option.markexpr or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def compose_config(*overrides: str) -> dict:

@@ -238,3 +238,9 @@ def test_compile_reaches_a_gans_generator_and_discriminator(tmp_path):
     # nn.Module.compile() in place: the task calls these two, so they are what must be compiled.
     assert exp.model.generator._compiled_call_impl is not None
     assert exp.model.discriminator._compiled_call_impl is not None
+
+
+def test_the_default_suite_hides_gpus_so_device_auto_trains_on_the_cpu_everywhere():
+    # tests/conftest.py: tests that leave trainer.device=auto must not train in bf16 on CUDA on a GPU machine.
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert not torch.cuda.is_available()
