@@ -71,8 +71,9 @@ class ForkServer:
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
 
-    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300
-            ) -> subprocess.CompletedProcess:
+    def start(self, args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, dict[str, str]]:
+        """Start `dl-run ARGS` and return at once: its process id (also its process group's) and its output files
+        (stdout, stderr, and status, which holds its exit code once it has exited normally)."""
         with self.lock:
             self.count += 1
             base = self.scratch / f"command{self.count}"
@@ -82,7 +83,11 @@ class ForkServer:
             line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the dl-run fork server died")
-        pid = int(line)
+        return int(line), files
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300
+            ) -> subprocess.CompletedProcess:
+        pid, files = self.start(args, cwd, env)
         status = Path(files["status"])
         deadline = time.monotonic() + timeout
         while not status.exists():

@@ -29,6 +29,7 @@ from dlrun.engine.signals import Interrupted
 
 if TYPE_CHECKING:
     from dlrun.run.sweep import SweepJobs
+    from dlrun.run.sweep_resume import JobOnResume
 
 # Run and sweep directories end in the process id: two runs started in the same second never share one.
 # The id of the `dl-run` process itself, which its launcher's workers (joblib, submitit) inherit: a sweep
@@ -57,25 +58,42 @@ class SweepDirectory(Callback):
     search's direction before any trial, and reports the jobs that ran in other processes (joblib, submitit)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        from dlrun.run import sweep_resume
         from dlrun.run.run_directory import mark
 
+        sweep_dir = Path(config.hydra.sweep.dir)
+        new = not config.sweep.resume
         try:
             _check_direction(config.hydra, config.trainer.monitor)
+            if new:  # cli.refuse_used_folders made sure it is new or empty
+                mark(sweep_dir, created=not sweep_dir.exists())
+            sweep_resume.lock(sweep_dir)  # one dl-run process at a time runs this sweep's jobs
+            changes = [] if new else sweep_resume.sweep_changes(sweep_resume.recorded(sweep_dir),
+                                                                OmegaConf.to_container(config))
+            if changes:
+                sweep_resume.unlock(sweep_dir)
+                raise ConfigError(f"'resume={sweep_dir}': the sweep composed now is not the one that ran there, and "
+                                  f"a resume takes no new values: {'; '.join(changes)}. Start a new sweep for them; "
+                                  f"nothing in {sweep_dir} was changed.", key="resume")
         except ConfigError as err:  # before any trial; SystemExit passes through Hydra's own error report
             console.print_error(str(err))
             sys.exit(2)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        mark(sweep_dir, created=not sweep_dir.exists())  # cli.refuse_used_folders made sure it is new or empty
+        if new:  # the record `dl-run resume=<sweep dir>` continues from (Hydra's basic sweeper writes the same)
+            OmegaConf.save(config, sweep_dir / sweep_resume.RECORD)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         if config.hydra.launcher.get("_target_") == BASIC_LAUNCHER:
-            return  # the jobs ran in this process: main() reports them
+            return  # the jobs ran in this process: main() reports them, then lets go of the sweep's lock
+        from dlrun.run import sweep_resume
         from dlrun.run.sweep import SweepJobs
 
         jobs = SweepJobs()
         jobs.search = _is_search(config.hydra)
         jobs.read_back(Path(config.hydra.sweep.dir))
-        jobs.report()
+        try:
+            jobs.report()
+        finally:
+            sweep_resume.unlock(Path(config.hydra.sweep.dir))
         if jobs.exit_code():
             sys.exit(jobs.exit_code())
 
@@ -88,18 +106,20 @@ def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = 
     """One run, or one job of a sweep: train it (or its mode), and record how it ended in `sweep`. `found_empty`:
     the folders the user named that existed (empty) before this invocation."""
     from dlrun.run.sweep import QUIET_KEYS, JobResult
+    from dlrun.run.sweep_resume import SWITCHES
     from dlrun.run.training import run  # imported here so `dl-run --help` stays fast
 
     hydra_cfg = HydraConfig.get()
     run_dir = _run_dir(Path(hydra_cfg.runtime.output_dir))
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = [o for o in hydra_cfg.overrides.task if override_key(o) not in SWITCHES]
     name = " ".join(o for o in overrides if override_key(o) not in QUIET_KEYS) or "(defaults)"
     multirun = hydra_cfg.mode is RunMode.MULTIRUN
     in_worker = multirun and os.environ.get("DLRUN_PID") != str(os.getpid())  # a launcher's worker process
     if multirun:
-        sweep.sweep_dir, sweep.search = Path(hydra_cfg.sweep.dir), _is_search(hydra_cfg)
-    if in_worker:  # jobs side by side (joblib): on a machine with several GPUs each takes its own
-        cfg.trainer.device = distributed.job_device(cfg.trainer.device, hydra_cfg.job.num)
+        decided = _sweep_job(cfg, hydra_cfg, sweep, run_dir, (name, overrides), in_worker)
+        if decided.action in ("keep", "failed"):  # a resumed sweep's job that ended before: not run again
+            return _objective(decided.metrics)
+        run_dir = decided.run_dir
     try:
         if not cfg.get("resume") and distributed.is_main():
             _start_folder(run_dir, cfg, found_empty)
@@ -108,17 +128,17 @@ def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = 
         if err.errno not in CANNOT_WRITE or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         error = ConfigError(_cannot_write(err), key="hydra.run.dir")
-        _failed_on_input(error, run_dir, cfg, overrides, in_worker)
+        _failed_on_input(error, run_dir, cfg, overrides, in_worker, multirun)
         sweep.record(JobResult(name, str(run_dir), error=str(error)))
         return None
     except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written
         _interrupted_outside_training(run_dir, cfg)
     except Interrupted as err:
-        _interrupted(run_dir, err)
+        _interrupted(run_dir, err, sweep.sweep_dir if multirun else None)
     except (ConfigError, FloatingPointError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for the whole stack trace
-        _failed_on_input(err, run_dir, cfg, overrides, in_worker)
+        _failed_on_input(err, run_dir, cfg, overrides, in_worker, multirun)
         sweep.record(JobResult(name, str(run_dir), error=str(err)))
         return None
     except Exception as err:  # noqa: BLE001 - a crash in one job of a sweep must not lose the others
@@ -130,10 +150,45 @@ def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = 
     if metrics.get("mode", "train") != "train" or not distributed.is_main():
         return None
     sweep.record(JobResult(name, str(run_dir), metrics=metrics))
-    # The monitored validation metric, which a sweeper (Optuna) optimises: never the test score. None (not NaN)
-    # for a run without a finite one: the Optuna sweeper records it as a failed trial and goes on.
-    best = metrics["best"]["value"]
+    return _objective(metrics)
+
+
+def _objective(metrics: dict | None) -> float | None:
+    """The monitored validation metric, which a sweeper (Optuna) optimises: never the test score. None (not NaN)
+    for a run without a finite one: the Optuna sweeper records it as a failed trial and goes on."""
+    best = (metrics or {}).get("best", {}).get("value")
     return best if best is not None and math.isfinite(best) else None
+
+
+def _sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, sweep: SweepJobs, own: Path, job: tuple[str, list[str]],
+               in_worker: bool) -> JobOnResume:
+    """A job of a sweep (`job`: its name and overrides): where it runs, and in a resumed sweep (found by its number)
+    whether it runs: completed or failed before, it is recorded as it ended and not run again; with a checkpoint it
+    resumes as `resume=<its folder>` would; else it runs, recording its config as Hydra would have."""
+    from dlrun.run import sweep_resume
+    from dlrun.run.run_directory import RunDirectory
+    from dlrun.run.sweep import JobResult
+
+    name, overrides = job
+
+    sweep.sweep_dir, sweep.search = Path(hydra_cfg.sweep.dir), _is_search(hydra_cfg)
+    if in_worker:  # jobs side by side (joblib): on a machine with several GPUs each takes its own
+        cfg.trainer.device = distributed.job_device(cfg.trainer.device, hydra_cfg.job.num)
+    if not cfg.sweep.resume:
+        return sweep_resume.JobOnResume("run", own)
+    run_dir = sweep_resume.job_folder(sweep.sweep_dir, hydra_cfg.job.num, own)
+    decided = sweep_resume.job_on_resume(run_dir, bool(cfg.sweep.retry_failed))
+    if decided.action in ("keep", "failed"):
+        console.console.print(f"job {hydra_cfg.job.num} ({name}): {decided.action.replace('keep', 'completed')} "
+                              f"before, not run again", soft_wrap=True)
+        sweep.record(JobResult(name, str(run_dir), decided.metrics, decided.error), decided.crashed)
+    elif decided.action == "resume":
+        cfg.resume = str(run_dir)  # the training run resumes exactly as a single run does, and records its config
+    elif decided.action == "run":
+        RunDirectory(run_dir).record_config(cfg, overrides)
+        hydra_record = OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})
+        OmegaConf.save(hydra_record, run_dir / ".hydra" / "hydra.yaml")
+    return decided
 
 
 def _start_folder(run_dir: Path, cfg: DictConfig, found_empty: frozenset[Path]) -> None:
@@ -179,29 +234,31 @@ def _interrupted_outside_training(run_dir: Path, cfg: DictConfig) -> None:
     sys.exit(130)
 
 
-def _interrupted(run_dir: Path, err: Interrupted) -> None:
-    # soft_wrap: the command stays on one line, so it can be copied whole.
+def _interrupted(run_dir: Path, err: Interrupted, sweep_dir: Path | None) -> None:
+    # soft_wrap: the command stays on one line, so it can be copied whole. A sweep's job: the sweep resumes.
     stopped = str(err)[0].upper() + str(err)[1:]
     console.console.print(f"\n{stopped}. Checkpoint written: {run_dir / 'checkpoints' / 'last.pt'}"
-                          f"\nResume with:  {resume_command(run_dir)}", soft_wrap=True)
+                          f"\nResume with:  {resume_command(sweep_dir or run_dir)}", soft_wrap=True)
     handler = signal.getsignal(err.signum)
     if err.signum not in (signal.SIGINT, signal.SIGTERM) and callable(handler):
         handler(err.signum, None)  # a cluster tool's pre-emption handler: submitit requeues the job and exits
     sys.exit(err.exit_code)
 
 
-def _failed_on_input(err: Exception, run_dir: Path, cfg: DictConfig, overrides: list[str], in_worker: bool) -> None:
-    """Say why; a worker's job leaves failed.json for the sweep's summary; a new run leaves no directory behind."""
+def _failed_on_input(err: Exception, run_dir: Path, cfg: DictConfig, overrides: list[str], in_worker: bool,
+                     multirun: bool) -> None:
+    """Say why; a sweep's job that leaves a folder leaves failed.json in it (for a summary made in another process,
+    and for a resumed sweep, which keeps it failed); a new run leaves no directory behind."""
     from dlrun.run.run_directory import RunDirectory
 
     console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
-    if in_worker:  # the sweep's summary, made in another process, reads why it failed here
+    if not in_worker and not cfg.get("resume"):
+        RunDirectory(run_dir).remove_unfinished()
+    if in_worker or (multirun and run_dir.is_dir()):
         try:
             RunDirectory(run_dir).write_json("failed.json", {"error": str(err), "overrides": overrides})
         except OSError:  # the folder cannot be written (that may be why it failed): the summary says it crashed
             pass
-    elif not cfg.get("resume"):
-        RunDirectory(run_dir).remove_unfinished()
 
 
 def _crashed(err: Exception, run_dir: Path, overrides: list[str], number: int, name: str) -> str:
@@ -338,8 +395,18 @@ def main() -> None:
     finally:
         distributed.teardown()
     distributed.end_worker()  # a rank other than 0 ends here (see why there)
-    if sweep.sweep_dir is not None:  # a multirun whose jobs ran in this process
-        sweep.report()
+    _finish(sweep)
+
+
+def _finish(sweep: SweepJobs) -> None:
+    """A multirun whose jobs ran in this process: its report, then its folder is let go; the exit code."""
+    if sweep.sweep_dir is not None:
+        from dlrun.run import sweep_resume
+
+        try:
+            sweep.report()
+        finally:
+            sweep_resume.unlock(sweep.sweep_dir)
         if sweep.exit_code():
             sys.exit(sweep.exit_code())
     elif any(job.status == "failed" for job in sweep.jobs):

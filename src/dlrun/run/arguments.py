@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from dlrun.errors import ConfigError
+from dlrun.run import sweep_resume
 
 
 def override_key(override: str) -> str:
@@ -62,12 +63,19 @@ def resume_arguments(args: list[str]) -> list[str]:
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not run_dir.is_dir():
         raise ConfigError(f"'resume={run_dir}': no such directory. Give the run directory that dl-run printed "
-                          f"at the end of the run (outputs/<date>/<time>_<pid>).", key="resume")
+                          f"at the end of the run (outputs/<date>/<time>_<pid>), or a sweep's "
+                          f"(outputs/multirun/<date>/<time>_<pid>).", key="resume")
+    given = [a for a in args if not a.startswith("resume=")]
+    if sweep_resume.is_sweep(run_dir):
+        return sweep_arguments(run_dir, given)
     checkpoints = run_dir / "checkpoints"
     if not saved.is_file() or not any((checkpoints / name).is_file() for name in ("last.pt", "previous.pt")):
-        raise ConfigError(f"'resume={run_dir}' is not a dl-run run directory with a checkpoint: expected "
-                          f"{saved} and {checkpoints / 'last.pt'}.", key="resume")
-    given = [a for a in args if not a.startswith("resume=")]
+        raise ConfigError(f"'resume={run_dir}' is neither a dl-run run directory with a checkpoint (expected "
+                          f"{saved} and {checkpoints / 'last.pt'}) nor a sweep's folder (expected "
+                          f"{run_dir / sweep_resume.RECORD}). Nothing in it was changed.", key="resume")
+    if any(a in ("-m", "--multirun") for a in given):
+        raise ConfigError(f"'resume={run_dir}' is one run, not a sweep: -m continues a sweep's folder (the one "
+                          f"holding {sweep_resume.RECORD}). Continue this run without -m.", key="resume")
     given_keys = {override_key(a) for a in given if "=" in a}
     try:
         recorded = yaml.safe_load(saved.read_text()) or []
@@ -87,6 +95,31 @@ def resume_arguments(args: list[str]) -> list[str]:
     options, given = _options_first(given)
     return options + _config_dir_of(run_dir, options) + original + data + given + logging + [
         f"hydra.run.dir={folder}", "hydra.output_subdir=null", f"resume={folder}"]
+
+
+def sweep_arguments(sweep_dir: Path, given: list[str]) -> list[str]:
+    """`resume=<sweep dir>` re-launches the sweep into its own folder with its own recorded overrides (the jobs',
+    and its launcher's and sweeper's), `sweep.resume=true` telling each job to keep, resume or run itself; new
+    values are refused, and so is a folder whose jobs another dl-run is running."""
+    content = sweep_resume.recorded(sweep_dir)
+    task, recorded_hydra = sweep_resume.recorded_overrides(content)
+    options, overrides = _options_first(given)
+    again = [o for o in overrides if o in recorded_hydra]  # the sweep's Hydra settings, given again: trusted
+    given_keys = {override_key(o) for o in overrides}
+    hydra_overrides = [o for o in recorded_hydra if override_key(o) not in given_keys]  # a launcher given now wins
+    sweep_resume.refuse_recorded_code(sweep_dir, hydra_overrides)
+    added = again + sweep_resume.refuse_new_values(sweep_dir, task, [o for o in overrides if o not in again])
+    holder = sweep_resume.lock_holder(sweep_dir)
+    if holder is not None:
+        raise ConfigError(sweep_resume.locked_message(sweep_dir, holder), key="resume")
+    if not os.access(sweep_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"'resume={sweep_dir}': cannot write in {sweep_dir} (it is read-only for you), and the "
+                          f"sweep's jobs write there. Make it writable, or copy the sweep elsewhere.", key="resume")
+    multirun = [] if any(o in ("-m", "--multirun") for o in options) else ["-m"]
+    folder = hydra_value(str(sweep_dir.resolve()))
+    # hydra.output_subdir=null: Hydra must not rewrite a kept job's .hydra/; a job that runs records its own.
+    return multirun + options + _config_dir_of(sweep_dir, options) + hydra_overrides + task + added + [
+        f"hydra.sweep.dir={folder}", "hydra.output_subdir=null", "sweep.resume=true"]
 
 
 # Hydra's command-line options that take a value (the rest are flags).
@@ -168,8 +201,11 @@ CODE_WORDS = ("_target_", "env_set", "searchpath", "callbacks")
 
 
 def recorded_config_dirs(run_dir: Path) -> list[str]:
-    """The --config-dir folders a run was made with, as Hydra recorded them in .hydra/hydra.yaml (read as data)."""
+    """The --config-dir folders a run was made with, as Hydra recorded them in .hydra/hydra.yaml (a sweep's in its
+    multirun.yaml), read as data."""
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_yaml.is_file() and sweep_resume.is_sweep(run_dir):
+        hydra_yaml = run_dir / sweep_resume.RECORD
     if not hydra_yaml.is_file():
         return []
     try:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # kept light: the CLI makes a SweepJobs before it knows wheth
     from dlrun.data.reuse import DatasetCache
 
 # Overrides that change how a run looks, not what it computes: left out of the names of sweep rows.
-QUIET_KEYS = {"trainer.progress", "trainer.device", "resume"}
+QUIET_KEYS = {"trainer.progress", "trainer.device", "resume", "sweep.resume", "sweep.retry_failed"}
 
 
 @dataclass
