@@ -66,6 +66,12 @@ def gelu() -> nn.Module:
     return nn.GELU()
 
 
+@ACTIVATIONS.register("identity")
+def identity() -> nn.Module:
+    # No non-linearity at all: stacked linear layers then compute one linear map, however deep (course 1 §5.2).
+    return nn.Identity()
+
+
 @ACTIVATIONS.register("maxout")
 def maxout(pieces: int = 2) -> nn.Module:
     return Maxout(pieces)

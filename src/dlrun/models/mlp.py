@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from dlrun.components.activations import ACTIVATIONS, activation_width_factor
@@ -22,6 +24,7 @@ def build_mlp(
     batch_norm: bool = False,
     dropout: float = 0.0,
     output_bias: bool = True,
+    alpha: float = 1.0,
 ) -> nn.Module:
     """INPUT -> [FC -> (BN) -> ACT -> (DROPOUT)] * len(hidden) -> FC."""
     refuse_tokens(info, "mlp")
@@ -30,10 +33,14 @@ def build_mlp(
                           key="model.hidden")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"'model.dropout={dropout}' must be in [0, 1).", key="model.dropout")
+    if not 0.0 <= alpha < math.inf:  # NaN fails too
+        raise ConfigError(f"'model.alpha={alpha}' must be 0 or more (ELU's α in α(eˣ - 1) for x < 0), e.g. 1.0.",
+                          key="model.alpha")
     if activation == "maxout" and pieces < 2:
         raise ConfigError(f"'model.pieces={pieces}' must be at least 2 for maxout.", key="model.pieces")
     ACTIVATIONS.get(activation, "model.activation")
-    act_kwargs = {"leaky_relu": {"negative_slope": negative_slope}, "maxout": {"pieces": pieces}}.get(activation, {})
+    act_kwargs = {"leaky_relu": {"negative_slope": negative_slope}, "maxout": {"pieces": pieces},
+                  "elu": {"alpha": alpha}}.get(activation, {})
     factor = activation_width_factor(activation, pieces)
     layers: list[nn.Module] = [nn.Flatten()]
     width = info.input_dim
