@@ -161,3 +161,10 @@ def test_a_search_of_12_trials_killed_while_trial_5_trains_ends_with_trials_0_to
         assert study.trials[trial.number].params == trial.params
     assert "Resuming from epoch" in done.stdout
     assert len(summary_rows(sweep)) == 12
+
+
+def test_a_range_given_on_the_command_line_passes_the_check_before_hydra():
+    from dlrun.run import preflight
+
+    # An interval is a search's continuous range: the check before Hydra once failed on it ("Can only enumerate").
+    preflight.check(["-m", "hydra/sweeper=optuna", "optimizer.lr=tag(log,interval(1e-4,1e-1))", "model.dropout=interval(0,0.5)"])

@@ -65,6 +65,8 @@ def _suggest(value: str, valid: list[str]) -> str:
 
 
 def _choices(override: Override) -> list[str]:
+    if override.is_interval_sweep():  # a search's continuous range, e.g. hydra.sweeper.params.x=interval(0,1)
+        return [override.input_line.split("=", 1)[1]]
     if override.is_sweep_override():
         return list(override.sweep_string_iterator())
     value = override.value()
