@@ -104,37 +104,74 @@ def best_command(jobs: list[JobResult], quiet_keys: set[str]) -> str | None:
             f"  dl-run {' '.join(shlex.quote(o) for o in overrides)}")
 
 
-def write(sweep_dir: Path, jobs: list[JobResult]) -> list[Path]:
-    """summary.csv, summary.md and val_curves.png in the sweep directory."""
-    from dlrun.views import figures
-
-    table = rows(jobs)
+def _write_csv(path: Path, table: list[dict[str, object]]) -> Path:
     columns = list(dict.fromkeys(key for row in table for key in row))
-    csv_path = sweep_dir / "summary.csv"
-    with csv_path.open("w", newline="") as handle:
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(table)
+    return path
 
+
+def _markdown(table: list[dict[str, object]], leave_out: tuple[str, ...] = ("run_dir",)) -> list[str]:
     def cell(value: object) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
         return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
-    md_columns = [c for c in columns if c != "run_dir"]
-    lines = ["| " + " | ".join(md_columns) + " |", "|" + "---|" * len(md_columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in md_columns) + " |" for row in table]
-    md_path = sweep_dir / "summary.md"
-    md_path.write_text(f"# Sweep {sweep_dir.name}\n\nSorted by the monitored metric, best first.\n\n"
-                       + "\n".join(lines) + "\n")
+    columns = [c for c in dict.fromkeys(key for row in table for key in row) if c not in leave_out]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in table]
+
+
+def by_setting(jobs: list[JobResult]) -> list[dict[str, object]]:
+    """The jobs that differ only in their seed, one row each: mean, `<metric> std` and n, best mean first."""
+    from dlrun.run import seeds
+    from dlrun.tasks import monitor_mode
+
+    done = [job for job in jobs if job.metrics is not None]
+    monitor = done[0].metrics["best"]["monitor"] if done else "val/loss"
+    return seeds.setting_rows(rows(jobs), monitor, monitor_mode(monitor) == "min")
+
+
+def write(sweep_dir: Path, jobs: list[JobResult]) -> list[Path]:
+    """summary.csv (a row per job), summary.md and val_curves.png in the sweep directory; when the jobs differ in
+    their seed, summary_by_setting.csv too, and the figure draws each setting's mean with a ±1 std band."""
+    from dlrun.run import seeds
+    from dlrun.views import figures
+
+    table = rows(jobs)
+    paths = [_write_csv(sweep_dir / "summary.csv", table)]
+    text = f"# Sweep {sweep_dir.name}\n\n"
+    grouped = seeds.varies_in_seed(jobs)
+    if grouped:
+        settings = by_setting(jobs)
+        paths.append(_write_csv(sweep_dir / "summary_by_setting.csv", settings))
+        text += ("One row per setting: the mean, sample standard deviation (std) and number (n) of its seeds, best "
+                 "mean first.\n\n" + "\n".join(_markdown(settings)) + "\n\nEvery job:\n\n")
+    text += "Sorted by the monitored metric, best first.\n\n" + "\n".join(_markdown(table)) + "\n"
+    paths.insert(1, sweep_dir / "summary.md")
+    paths[1].write_text(text)
 
     curves = {job.name: [(h["epoch"], h["val/loss"]) for h in job.metrics["history"]]
               for job in jobs if job.metrics is not None}
-    paths = [csv_path, md_path]
     if curves:
-        paths.append(figures.save(figures.curves_figure(curves, "validation loss", "validation loss per epoch"),
+        # Lines named by what differs between the jobs: what they share (experiment=...) is in the table's title.
+        common = set.intersection(*(set(name.split()) for name in curves))
+        if grouped:
+            drawn = {_label(name, common): points for name, points in seeds.mean_curves(curves).items()}
+            title = "validation loss per epoch: mean ± 1 std over seeds"
+        else:
+            drawn = {_label(name, common): [(x, y, 0.0) for x, y in points] for name, points in curves.items()}
+            title = "validation loss per epoch"
+        title += f"\n(all with {' '.join(sorted(common))})" if common and len(curves) > 1 else ""
+        paths.append(figures.save(figures.sweep_curves_figure(drawn, "validation loss", title),
                                   sweep_dir / "val_curves.png"))
     return paths
+
+
+def _label(name: str, common: set[str]) -> str:
+    return " ".join(_short(o) for o in name.split() if o not in common) or name
 
 
 class SweepJobs:
@@ -185,15 +222,22 @@ class SweepJobs:
 
     def report(self) -> None:
         """The sweep table in the terminal, and summary.csv, summary.md and val_curves.png beside the jobs."""
+        from dlrun.run import seeds
+
         if self.search and self.sweep_dir is not None and self.sweep_dir.is_dir():
             self._add_earlier_trials()
         jobs, sweep_dir = self.jobs, self.sweep_dir
         failed = sum(job.status == "failed" for job in jobs)
         # Name each row by what differs between the jobs; what they share goes in the title.
         common = set.intersection(*(set(job.name.split()) for job in jobs)) if jobs else set()
-        console.results_table(_shown_rows(jobs, common), title=f"sweep: {len(jobs) - failed} finished job(s)"
-                              + (f", {failed} failed" if failed else "") + ", best first"
-                              + (f" (all with {' '.join(sorted(common))})" if common and len(jobs) > 1 else ""))
+        shared = f" (all with {' '.join(sorted(common))})" if common and len(jobs) > 1 else ""
+        if seeds.varies_in_seed(jobs):
+            shown = _setting_rows(by_setting(jobs), common)
+            console.results_table(shown, title=f"sweep: {len(shown)} setting(s), mean ± std over n seeds, best mean "
+                                  f"first{shared}; every job in summary.csv")
+        else:
+            console.results_table(_shown_rows(jobs, common), title=f"sweep: {len(jobs) - failed} finished job(s)"
+                                  + (f", {failed} failed" if failed else "") + ", best first" + shared)
         for job in jobs:
             if job.status == "failed":
                 console.console.print(f"failed: {job.name}: {job.error}", soft_wrap=True)
@@ -219,6 +263,23 @@ def _shown_rows(jobs: list[JobResult], common: set[str]) -> dict[str, dict]:
             label = f"{label} ({Path(str(row['run_dir'])).name})"
         shown[label] = {k: v for k, v in row.items()
                         if k not in ("job", "run_dir", "error", "epochs", "best_epoch", "train/loss")}
+    return shown
+
+
+def _setting_rows(settings: list[dict[str, object]], common: set[str]) -> dict[str, dict]:
+    """The terminal's rows of a sweep over seeds: each metric as mean ± std, and n."""
+    shown: dict[str, dict] = {}
+    for row in settings:
+        label = _label(str(row["setting"]), common)
+        cells: dict[str, object] = {"n": row["n"]}
+        if row["failed"]:
+            cells["failed"] = row["failed"]
+        for column, value in row.items():
+            if column in ("setting", "n", "failed", "epochs", "best_epoch", "train/loss") or column.endswith(" std"):
+                continue
+            std = row.get(f"{column} std")
+            cells[column] = f"{value:.4g} ± {std:.2g}" if isinstance(std, float) else f"{value:.4g}"
+        shown[label] = cells
     return shown
 
 

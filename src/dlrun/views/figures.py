@@ -80,6 +80,41 @@ def curves_figure(curves: dict[str, list[tuple[int, float]]], ylabel: str, title
     return fig
 
 
+def spans_decades(values: Sequence[float]) -> bool:
+    """Whether positive values span more than a decade: then only a log axis shows every one of them apart."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
+
+
+def sweep_curves_figure(curves: dict[str, list[tuple[int, float, float]]], ylabel: str, title: str):
+    """A sweep's curves, one per label (what differs between its jobs): (x, mean, std) points, drawn with a band of
+    ±1 std where several seeds make one; a log axis when the values span more than a decade, so that a run far above
+    the others does not flatten them into one line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    styles = ["-", "--", "-.", ":"]
+    values = [y for points in curves.values() for _, y, _ in points]
+    log = spans_decades(values)
+    for i, (name, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        xs, means, stds = zip(*points)
+        line, = ax.plot(xs, means, styles[(i // 10) % len(styles)], label=name, linewidth=1.4)
+        if any(stds):
+            low = [max(m - s, m / 10) if log else m - s for m, s in zip(means, stds)]  # a log axis cannot show <= 0
+            ax.fill_between(xs, low, [m + s for m, s in zip(means, stds)], color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
+    ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: Path) -> Path:
     """Write a figure as PNG and free it."""
     plt = _pyplot()
