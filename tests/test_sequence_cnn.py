@@ -107,6 +107,13 @@ def test_every_cnn_key_keeps_its_meaning_in_1d():
     assert not any(isinstance(m, nn.Conv2d) for m in resnet.modules()) and resnet(torch.zeros(5, 20, 3)).shape == (5, 4)
 
 
+def test_a_users_own_series_of_steps_x_features_is_read_in_1d():
+    """A user's dataset that gives (steps, features) inputs, whether or not it describes them as a sequence."""
+    own = DataInfo(input_shape=(30, 5), task="classification", num_classes=3, name="my_sensors")
+    net = MODELS.build({"name": "cnn", "channels": [4]}, info=own, out_features=3)
+    assert net.features.stage1.conv1.in_channels == 5 and net(torch.randn(2, 30, 5)).shape == (2, 3)
+
+
 def test_inputs_a_cnn_cannot_read_are_refused_naming_what_fits():
     tokens = DataInfo(input_shape=(12,), task="seq2seq", name="toy_seq2seq",
                       sequence=SequenceInfo(length=8, vocab_size=13, source_length=8, target_length=4))
