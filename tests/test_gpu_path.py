@@ -6,6 +6,7 @@ What needs a GPU itself is in test_gpu.py (marked `gpu`, run by scripts/gpu_chec
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -244,3 +245,69 @@ def test_the_default_suite_hides_gpus_so_device_auto_trains_on_the_cpu_everywher
     # tests/conftest.py: tests that leave trainer.device=auto must not train in bf16 on CUDA on a GPU machine.
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
     assert not torch.cuda.is_available()
+
+
+# ---- every rank's random streams --------------------------------------------------------------------------------------
+
+def test_each_rank_resumes_its_own_random_streams_from_the_checkpoint(monkeypatch):
+    streams = [torch.Generator().manual_seed(seed).get_state() for seed in (1, 2)]
+    state = {**checkpoint.rng_state(torch.Generator()), "ranks": [{"torch": s} for s in streams]}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    checkpoint.set_rng_state(state, torch.Generator())
+    assert torch.equal(torch.get_rng_state(), streams[1])  # rank 1 takes its own, not rank 0's
+    monkeypatch.setenv("WORLD_SIZE", "3")  # resumed with another number of processes: rank 0's streams for all
+    checkpoint.set_rng_state(state, torch.Generator())
+    assert torch.equal(torch.get_rng_state(), state["torch"])
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_end_bitwise_identical_with_dropout(tmp_path):
+    """Batches of 31 split 16 + 15: the two ranks draw different numbers of dropout masks, so their CPU streams
+    part ways from the first step, and a resume that gave rank 1 rank 0's streams would not end identical."""
+    import signal
+    import subprocess
+    import time
+
+    from test_resume import write_slow_augmentation
+
+    root = write_slow_augmentation(tmp_path)
+    args = [sys.executable, "-m", "dlrun", "--config-dir", "conf", "augmentation=slow", "dataset=digits",
+            "model.hidden=[16]", "model.dropout=0.3", "trainer.epochs=2", "trainer.batch_size=31",
+            "trainer.devices=2", "trainer.deterministic=true", "trainer.checkpoint_every_n_steps=5", *CPU[:3]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*args, "hydra.run.dir=baseline"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    killed = root / "killed"
+    proc = subprocess.Popen([*args, f"hydra.run.dir={killed}"], cwd=root, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "last.pt").exists():  # a mid-epoch checkpoint (step 5 or later)
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once
+    proc.wait(timeout=60)
+    resumed = subprocess.run([sys.executable, "-m", "dlrun", f"resume={killed}", "--config-dir", "conf"], cwd=root,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Resuming from epoch" in resumed.stdout + resumed.stderr
+    ours, theirs = (checkpoint.load(d / "checkpoints" / "last.pt")["model"] for d in (killed, root / "baseline"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), "resumed data-parallel weights differ"
+
+
+def test_under_torchrun_the_stop_flag_is_all_reduced_every_few_steps_not_every_step(tmp_path, monkeypatch):
+    from dlrun.engine.trainer import STOP_POLL_STEPS, Trainer, TrainingOutputs
+    from dlrun.run.run_directory import RunDirectory
+
+    exp = Experiment(compose_config("model.hidden=[8]", *CPU), tmp_path)
+    trainer = Trainer(exp.parts, TrainingOutputs(RunDirectory(tmp_path)))
+    asked = []
+    # The collective itself is torch's; what is under test is when the loop asks for it.
+    monkeypatch.setattr(distributed, "any_rank", lambda flag: asked.append(trainer.state.step) or flag)
+    trainer.stop_poll_steps = STOP_POLL_STEPS  # as under torchrun (checked: launched() sets it)
+    for step in range(1, 31):
+        trainer.state.step = trainer.state.batch = step
+        trainer._checkpoint_mid_epoch(torch.zeros(()), n_batches=100)
+    assert asked == [10, 20, 30]

@@ -138,11 +138,12 @@ class Task:
         computes a share of the outputs; the metrics come out the same on every rank."""
         prepare = prepare or as_is
         with evaluating(model):
+            # Under the run's autocast the model answers in bf16/fp16: each batch's outputs are kept in float32 for
+            # the loss and metrics (converted batch by batch: the whole split is never held twice).
             if all_ranks:
-                outputs = distributed.forward_shared(lambda xb: model(prepare(xb)), x, batch_size)
+                outputs = distributed.forward_shared(lambda xb: model(prepare(xb)).float(), x, batch_size)
             else:
-                outputs = torch.cat([model(prepare(xb)) for xb in x.split(batch_size)])
-            outputs = outputs.float()  # under the run's autocast the model answers in bf16/fp16: metrics in float32
+                outputs = torch.cat([model(prepare(xb)).float() for xb in x.split(batch_size)])
             metrics = {"loss": self.loss_fn(outputs, y).item()}
             metrics.update(self.metrics(model, outputs, x, y, info, batch_size))
         return metrics
