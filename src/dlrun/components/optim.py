@@ -40,6 +40,27 @@ def _fused_if_possible(optimizer: type, params: Iterable, **kwargs) -> torch.opt
         return optimizer(params, **kwargs)
 
 
+def add_l1(optimizer: torch.optim.Optimizer, l1: float) -> torch.optim.Optimizer:
+    """L1 regularisation: before each step, λ·sign(θ) is added to every gradient, the gradient of the penalty λ·Σ|θ|
+    (weight_decay is the L2 penalty's); it pushes weights towards exactly zero, sparse layers (course 1 §6's
+    regularisation terms, course 3 §3.4)."""
+    _non_negative("optimizer.l1", l1)
+    if l1 == 0:
+        return optimizer
+
+    def penalise(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        with torch.no_grad():
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        param.grad.add_(torch.sign(param), alpha=l1)
+
+    # A hook, not a loss term: the logged loss stays the task's, and every optimizer (a user's too) takes it; a
+    # gradient scaler unscales the gradients before the step, so the hook sees them on their true scale.
+    optimizer.register_step_pre_hook(penalise)
+    return optimizer
+
+
 @OPTIMIZERS.register("sgd")
 def build_sgd(params: Iterable, lr: float = 0.01, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Plain gradient descent: θ ← θ - γ∇L (full-batch, stochastic or mini-batch by trainer.batch_size)."""

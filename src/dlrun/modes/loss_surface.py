@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from dlrun.components.optim import OPTIMIZERS
+from dlrun.components.optim import OPTIMIZERS, add_l1
 from dlrun.errors import ConfigError
 from dlrun.loggers import build_logger
 from dlrun.modes.trained import load_trained
@@ -117,7 +117,9 @@ def descend(loss: Callable, start: torch.Tensor, optimizer_cfg: dict[str, Any], 
     """The optimizer's path from start: [first, second, loss] before each step and after the last; it stops
     where the loss stops being finite (a too-high learning rate diverges)."""
     theta = start.clone().requires_grad_(True)
-    optimizer = OPTIMIZERS.build(optimizer_cfg, params=[theta])
+    settings = dict(optimizer_cfg)
+    l1 = settings.pop("l1", 0.0)  # the L1 penalty's gradient joins each step, as in training
+    optimizer = add_l1(OPTIMIZERS.build(settings, params=[theta]), l1)
     path = []
     for _ in range(steps):
         optimizer.zero_grad()
@@ -283,7 +285,7 @@ def surface_figure(record: dict[str, Any], paths: list[dict[str, Any]], title: s
         points = np.array([[np.nan if v is None else v for v in p[:2]] for p in other["path"]], dtype=float)
         outside = ~((points[:, 0] >= extent[0]) & (points[:, 0] <= extent[1]) & (points[:, 1] >= extent[2])
                     & (points[:, 1] <= extent[3]))
-        if outside.any():  # a diverging path is drawn until it leaves the box: the rest would cross the figure
+        if other["diverged"] and outside.any():  # drawn until it leaves the box: the rest would cross the figure
             points = points[:int(np.argmax(outside)) + 1]
         ax.plot(points[:, 0], points[:, 1], marker="o", markersize=2.5, linewidth=1.2,
                 label=f"{other['optimizer']}: final loss {_final(other, '.4g')}")

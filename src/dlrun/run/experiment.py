@@ -12,7 +12,7 @@ import torch
 from dlrun.components.augment import AUGMENTATIONS
 from dlrun.components.init import INITS, apply_init
 from dlrun.components.losses import output_layer
-from dlrun.components.optim import OPTIMIZERS, SCHEDULERS
+from dlrun.components.optim import OPTIMIZERS, SCHEDULERS, add_l1
 from dlrun.data import DATASETS, Splits
 from dlrun.data.base import Dataset, keep_subset
 from dlrun.data.prepare import Prepare
@@ -222,7 +222,9 @@ class Experiment:
             optimizer_cfg["lr"] = optimizer_cfg["lr"] * self.lr_scale
         # Frozen layers are left out; a fine-tuned backbone may learn at its own rate (a second parameter group);
         # a GAN's optimizer group moves its discriminator, the task builds the generator's.
-        self.optimizer = OPTIMIZERS.build(optimizer_cfg, params=self.task_class.optimizer_parameters(self.model))
+        l1 = optimizer_cfg.pop("l1", 0.0)  # the L1 penalty: a hook on whichever optimizer is built
+        optimizer = OPTIMIZERS.build(optimizer_cfg, params=self.task_class.optimizer_parameters(self.model))
+        self.optimizer = add_l1(optimizer, l1)
         augment = AUGMENTATIONS.build(cfg["augmentation"])
         choices = Choices(cfg["mode"], cfg["scheduler"].get("name"), self.opts.early_stopping_patience, augment)
         self.task = build_task(self.info, self.loss, self.model,

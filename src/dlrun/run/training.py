@@ -332,9 +332,12 @@ def refuse_changed_optimizer(cfg: dict[str, Any], saved_yaml: str | None, path: 
     if not saved_yaml:
         return
     saved = OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=True)
+    # A key the saved config lacks came to dl-run after the run was made: left off (e.g. optimizer.l1=0), it changes
+    # nothing, so a run from before it resumes.
     changed = [f"{group}.{key}={cfg[group].get(key)} (was {saved[group].get(key)})"
                for group in ("optimizer", "scheduler") if isinstance(saved.get(group), dict)
-               for key in sorted(set(cfg[group]) | set(saved[group])) if cfg[group].get(key) != saved[group].get(key)]
+               for key in sorted(set(cfg[group]) | set(saved[group])) if cfg[group].get(key) != saved[group].get(key)
+               and not (key not in saved[group] and cfg[group].get(key) in (None, 0, False, "none"))]
     if changed:
         raise ConfigError(f"Resuming from {path} continues the optimizer and scheduler from their saved state, so "
                           f"{', '.join(changed)} would have no effect. Resume without these overrides, or start a new "
