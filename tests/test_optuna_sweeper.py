@@ -168,3 +168,16 @@ def test_a_range_given_on_the_command_line_passes_the_check_before_hydra():
 
     # An interval is a search's continuous range: the check before Hydra once failed on it ("Can only enumerate").
     preflight.check(["-m", "hydra/sweeper=optuna", "optimizer.lr=tag(log,interval(1e-4,1e-1))", "model.dropout=interval(0,0.5)"])
+
+
+def test_each_pruner_name_builds_its_pruner_and_an_unknown_one_names_the_key():
+    from dlrun.errors import ConfigError
+    from hydra_plugins.dlrun_optuna_sweeper.pruning import build_pruner
+
+    median = build_pruner("median", {"n_startup_trials": 3, "n_warmup_steps": 2})
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert isinstance(build_pruner("hyperband", {"min_resource": 2}), optuna.pruners.HyperbandPruner)
+    assert isinstance(build_pruner("none", None), optuna.pruners.NopPruner)
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.pruner=hyperbnd.*Did you mean 'hyperband'") as err:
+        build_pruner("hyperbnd", None)
+    assert err.value.key == "hydra.sweeper.pruner"

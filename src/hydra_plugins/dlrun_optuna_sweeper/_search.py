@@ -72,6 +72,7 @@ class OptunaSearch(Sweeper):
         sampler, n_trials = self._sampler(space)
         sweep_dir = config.hydra.sweep.dir
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's end is logged here, once
         study = optuna.create_study(study_name=settings.study_name or "dl-run",
                                     storage=storage_url(settings.storage, sweep_dir), sampler=sampler,
                                     pruner=build_pruner(settings.pruner, settings.pruning),
@@ -117,10 +118,11 @@ class OptunaSearch(Sweeper):
             returns += self.launcher.launch(overrides[start:start + count], initial_job_idx=trials[start].number)
         failures = sum(not tell(study, trial, job) for trial, job in zip(trials, returns))
         if failures / len(returns) > self.settings.max_failure_rate:
-            log.error(f"{failures} of {len(returns)} trials failed, more than "
-                      f"hydra.sweeper.max_failure_rate={self.settings.max_failure_rate}")
             for job in returns:
-                _ = job.return_value  # raises the first failed job's own error
+                _ = job.return_value  # raises the first failed job's own error, if one raised
+            raise RuntimeError(f"{failures} of {len(returns)} trials failed, more than hydra.sweeper.max_failure_rate="
+                               f"{self.settings.max_failure_rate} allows: the search stops (the failed trials' errors "
+                               f"are above; max_failure_rate=1.0 records them and goes on).")
 
 
 def trial_overrides(trial: Trial, space: dict[str, BaseDistribution], fixed: dict[str, Any]) -> tuple[str, ...]:
@@ -147,6 +149,7 @@ def tell(study: optuna.Study, trial: Trial, job: JobReturn) -> bool:
         study.tell(trial, state=TrialState.FAIL)
         return False
     study.tell(trial, value)
+    log.info(f"Trial {trial.number}: {value:.6g}")
     return True
 
 
