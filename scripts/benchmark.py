@@ -24,7 +24,8 @@ machine's load, the median drops the rounds a neighbour's burst hit); its second
   startup    `dl-run --help` against `python -c "import torch"` (<= 1.5x), and the seconds from the command to the
              first optimiser step of the default experiment against a bare script doing the same (reported)
   logging    steps of the MNIST MLP (half an epoch) with logger=none against TensorBoard logging of the loss every
-             10 steps (<= 1.03x), and against the default logger, which adds gradient diagnostics (reported)
+             10 steps (<= 1.03x), and against the default logger, which adds gradient diagnostics (reported);
+             logger=[tensorboard,mlflow] against logger=tensorboard (<= 1.05x; needs the [mlflow] extra)
   memory     peak resident memory of `dl-run` (the default experiment; MNIST MLP one epoch) against the bare loop,
              each in its own process (<= 1.3x)
   sweep      `dl-run -m` with 8 and 2 tiny jobs (basic launcher): the cost of each extra job, (T8 - T2) / 6, against the
@@ -70,7 +71,7 @@ from rich.console import Console
 
 from dlrun.views import console
 from dlrun.diagnostics.gradients import GradientMonitor
-from dlrun.logger import LOGGERS
+from dlrun.loggers import build_logger
 from dlrun.models import MODELS
 from dlrun.run.experiment import Experiment
 from dlrun.engine.options import autocast_for, auto_gpu_precision, resolve_threads
@@ -531,7 +532,7 @@ class Bench:
 
         def steps_only(logger_cfg: dict) -> tuple[float, float]:
             run_dir = self.work / f"logging-{time.monotonic_ns()}"
-            logger = LOGGERS.build(logger_cfg, run_dir=run_dir)
+            logger = build_logger(logger_cfg, run_dir)
             monitor = (GradientMonitor(e.model, logger, logger.gradients_every_n_steps, logger.histograms)
                        if logger.gradients_every_n_steps else None)
             clock = StepClock(steps)
@@ -562,6 +563,26 @@ class Bench:
                              baseline_name="logger=none",
                              note="the default logger: also per-layer gradient norms, histograms and activation "
                                   "statistics every 100 steps (logger.gradients_every_n_steps=0 turns them off)"))
+        self.mlflow_rows(default_logger, steps_only, steps)
+
+    def mlflow_rows(self, default_logger: dict, steps_only: Callable[[dict], tuple[float, float]], steps: int) -> None:
+        """logger=[tensorboard,mlflow] against logger=tensorboard, both with the default diagnostics (issue #19)."""
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            print('  MLflow row skipped: pip install -e ".[mlflow]"', flush=True)
+            return
+        # A store of its own in the benchmark's folder; made (tables and all) by the warm-up, outside the rounds.
+        with_mlflow = {**default_logger, "mlflow": {"tracking_uri": f"sqlite:///{self.work / 'mlflow.db'}",
+                                                    "experiment": "benchmark"}}
+        steps_only(with_mlflow)
+        times = rounds({"tensorboard and mlflow": lambda: steps_only(with_mlflow),
+                        "tensorboard": lambda: steps_only(default_logger)}, self.repeats("logging"), "mlflow")
+        self.rows.append(row(f"MNIST MLP, {steps} steps: TensorBoard + MLflow / TensorBoard",
+                             times["tensorboard and mlflow"], times["tensorboard"], 1.05, "max", self.judge,
+                             baseline_name="logger=tensorboard",
+            note="steps only (fit's clock), default diagnostics on both; MLflow on a local SQLite store, its values "
+                 "sent in one batch at each checkpoint (the run's creation is outside the clock)"))
 
     def group_memory(self) -> None:
         exe = sys.executable

@@ -105,7 +105,8 @@ def check_mlflow(run_dir: Path, tracking_uri: str | None = None, experiment: str
                           f"http(s)://host:port of an MLflow server; null (the default) keeps the runs in "
                           f"outputs/mlflow.db.", key="logger.mlflow.tracking_uri")
     store = resolve_store(tracking_uri, run_dir)
-    if store.database is not None and not store.database.parent.is_dir():
+    # The default store's folder is one dl-run makes (outputs/, the run or sweep directory); a named one must exist.
+    if tracking_uri is not None and store.database is not None and not store.database.parent.is_dir():
         raise ConfigError(f"'logger.mlflow.tracking_uri={tracking_uri}': the folder {store.database.parent} does not "
                           f"exist. dl-run writes only into folders it made or you name: create it, or leave the key "
                           f"null to keep the runs in outputs/mlflow.db.", key="logger.mlflow.tracking_uri")
@@ -229,8 +230,8 @@ def finish_sweep(sweep_dir: Path, summaries: list[Path], failed: bool = False) -
     saved = json.loads(record.read_text())
     store = resolve_store(saved["tracking_uri"], sweep_dir)
     try:
-        client = open_client(store)
         with store.locked():
+            client = open_client(store)
             for path in summaries:
                 if path.is_file():
                     client.log_artifact(saved["run_id"], str(path))
@@ -418,9 +419,9 @@ def build_mlflow(run_dir: Path, purge_step: int | None = None, resume_state: dic
     run_info = run_info or {}
     tags = {k: str(v) for k, v in (run_info.get("tags") or {}).items() if v is not None}
     store = resolve_store(tracking_uri, run_dir)
-    client = open_client(store)
     saved = (resume_state or {}).get("mlflow") or {}
-    with store.locked():
+    with store.locked():  # the client's first use creates a new SQLite store's tables: one process at a time
+        client = open_client(store)
         mark_gone_runs(client, keep={saved.get("run_id")})
         run, sent = _resumed_run(client, saved, store, purge_step)
         if run is None:
