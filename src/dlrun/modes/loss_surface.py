@@ -280,7 +280,7 @@ def surface_figure(record: dict[str, Any], paths: list[dict[str, Any]], title: s
     fig.colorbar(filled, ax=ax, label="log10 training loss")
     low = record["minimum"]
     ax.plot(*low["at"], marker="*", color="white", markersize=14, markeredgecolor="black", linestyle="none",
-            label=f"minimum {low['loss']:.4g}")
+            label=f"minimum {low['loss']:.4g}", zorder=5)  # above the paths that end on it
     for other in paths:
         points = np.array([[np.nan if v is None else v for v in p[:2]] for p in other["path"]], dtype=float)
         outside = ~((points[:, 0] >= extent[0]) & (points[:, 0] <= extent[1]) & (points[:, 1] >= extent[2])
@@ -289,7 +289,7 @@ def surface_figure(record: dict[str, Any], paths: list[dict[str, Any]], title: s
             points = points[:int(np.argmax(outside)) + 1]
         ax.plot(points[:, 0], points[:, 1], marker="o", markersize=2.5, linewidth=1.2,
                 label=f"{other['optimizer']}: final loss {_final(other, '.4g')}")
-    ax.plot(*record["start"], marker="o", color="black", markersize=7, linestyle="none", label="start")
+    ax.plot(*record["start"], marker="o", color="black", markersize=7, linestyle="none", label="start", zorder=5)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_xlabel(record["params"][0])
