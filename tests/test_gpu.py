@@ -46,9 +46,11 @@ def train(run_dir: Path, *overrides: str) -> dict:
     return run(OmegaConf.create(compose_config(*args)), run_dir, args)
 
 
-def dl_run(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`dl-run ARGS` in its own process (its own CUDA context and cuBLAS handles), as a user runs it."""
-    done = subprocess.run([*DL_RUN, *GPU, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+def dl_run(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300,
+           on_gpu: bool = True) -> subprocess.CompletedProcess:
+    """`dl-run ARGS` (then the GPU settings, unless a resumed run takes its own) in its own process (its own CUDA
+    context and cuBLAS handles), as a user runs it. Hydra's flags (--config-dir) must come before the overrides."""
+    done = subprocess.run([*DL_RUN, *args, *(GPU if on_gpu else ())], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done
@@ -134,7 +136,7 @@ def test_killed_with_sigkill_on_cuda_and_resumed_ends_bitwise_identical(tmp_path
     args = [a for a in ARGS if a != "trainer.device=cpu"]  # dropout and a per-step schedule, deterministic
     dl_run(root, *args, "hydra.run.dir=baseline")
     run_dir, steps = root / "killed", root / "steps.txt"
-    proc = subprocess.Popen([*DL_RUN, *GPU, *args, f"hydra.run.dir={run_dir}"], cwd=root,
+    proc = subprocess.Popen([*DL_RUN, *args, *GPU, f"hydra.run.dir={run_dir}"], cwd=root,
                             env={**os.environ, "STEP_LOG": str(steps)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -143,7 +145,7 @@ def test_killed_with_sigkill_on_cuda_and_resumed_ends_bitwise_identical(tmp_path
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)  # mid-epoch 2, after the checkpoint of step 20
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    dl_run(root, f"resume={run_dir}", "--config-dir", str(root / "conf"))
+    dl_run(root, "--config-dir", str(root / "conf"), f"resume={run_dir}", on_gpu=False)  # the run's own device
     ours, theirs = weights(run_dir), weights(root / "baseline")
     assert all(torch.equal(ours[k], theirs[k]) for k in ours), "resumed on CUDA, the weights differ (bitwise)"
     got, expected = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, root / "baseline"))
@@ -188,7 +190,7 @@ def test_two_processes_on_two_gpus_train_like_one(tmp_path):
 
 
 def test_more_processes_than_gpus_is_refused_before_any_starts(tmp_path):
-    done = subprocess.run([*DL_RUN, *GPU, f"trainer.devices={torch.cuda.device_count() + 1}"], cwd=tmp_path,
+    done = subprocess.run([*DL_RUN, f"trainer.devices={torch.cuda.device_count() + 1}", *GPU], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "visible GPU(s)" in done.stdout + done.stderr
 
