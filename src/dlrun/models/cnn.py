@@ -1,4 +1,5 @@
-"""The convolutional network of course 3 §2: INPUT -> [[CONV -> ACT]*N -> POOL?]*M -> [FC -> ACT]*K -> FC."""
+"""The convolutional network of course 3 §2: INPUT -> [[CONV -> ACT]*N -> POOL?]*M -> [FC -> ACT]*K -> FC, in 2-D
+over images, in 1-D along the time axis of a series."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def conv_input(info: DataInfo, model: str) -> tuple[int, tuple[int, ...]]:
             key="model")
     if len(info.input_shape) == 3:
         return info.input_shape[0], tuple(info.input_shape[1:])
-    if info.sequence is not None or len(info.input_shape) == 2:
+    if len(info.input_shape) == 2:  # a sequence dataset's windows, or a user's own (steps, features) data
         steps, features = info.input_shape
         return features, (steps,)
     raise ConfigError(
