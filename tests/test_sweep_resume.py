@@ -186,3 +186,17 @@ def test_a_sweep_whose_jobs_another_dl_run_is_running_is_refused(tmp_path, dl_ru
     sweep_resume.lock(sweep)
     assert json.loads((sweep / sweep_resume.LOCK).read_text())["pid"] == os.getpid()
     sweep_resume.unlock(sweep)
+
+
+def test_a_job_that_failed_on_its_input_stays_failed_unless_asked_to_retry(dl_run, tmp_path):
+    tiny = ("model.hidden=[8]", "trainer.epochs=1", "trainer.progress=false", "trainer.device=cpu", "logger=none")
+    first = dl_run("-m", "optimizer.lr=0.01,-1", *tiny, "hydra.sweep.dir=sweep")
+    assert first.code == 2, first.output
+    failed = next((tmp_path / "sweep").glob("1_*/failed.json"))  # kept in the job's folder: the resume reads it
+    record = digest(failed)
+    kept = dl_run("resume=sweep")
+    assert kept.code == 2 and "job 1 (optimizer.lr=-1" in kept.stdout and kept.stdout.count("not run again") == 2
+    assert "sweep: 1 finished job(s), 1 failed" in kept.stdout and digest(failed) == record
+    retried = dl_run("resume=sweep", "sweep.retry_failed=true")
+    assert retried.code == 2 and retried.stdout.count("not run again") == 1  # job 0 only: job 1 ran again
+    assert "positive" in retried.stderr and "positive" in json.loads(failed.read_text())["error"]

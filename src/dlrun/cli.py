@@ -128,7 +128,7 @@ def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = 
         if err.errno not in CANNOT_WRITE or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         error = ConfigError(_cannot_write(err), key="hydra.run.dir")
-        _failed_on_input(error, run_dir, cfg, overrides, in_worker, multirun)
+        _failed_on_input(error, run_dir, cfg, overrides, multirun)
         sweep.record(JobResult(name, str(run_dir), error=str(error)))
         return None
     except KeyboardInterrupt:  # outside the training loop (building, scoring): nothing half-done was written
@@ -138,7 +138,7 @@ def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = 
     except (ConfigError, FloatingPointError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # the user asked for the whole stack trace
-        _failed_on_input(err, run_dir, cfg, overrides, in_worker, multirun)
+        _failed_on_input(err, run_dir, cfg, overrides, multirun)
         sweep.record(JobResult(name, str(run_dir), error=str(err)))
         return None
     except Exception as err:  # noqa: BLE001 - a crash in one job of a sweep must not lose the others
@@ -245,20 +245,19 @@ def _interrupted(run_dir: Path, err: Interrupted, sweep_dir: Path | None) -> Non
     sys.exit(err.exit_code)
 
 
-def _failed_on_input(err: Exception, run_dir: Path, cfg: DictConfig, overrides: list[str], in_worker: bool,
-                     multirun: bool) -> None:
-    """Say why; a sweep's job that leaves a folder leaves failed.json in it (for a summary made in another process,
-    and for a resumed sweep, which keeps it failed); a new run leaves no directory behind."""
+def _failed_on_input(err: Exception, run_dir: Path, cfg: DictConfig, overrides: list[str], multirun: bool) -> None:
+    """Say why; a sweep's job leaves failed.json in its folder (for a summary made in another process, and for a
+    resumed sweep, which keeps it failed); a new run leaves no directory behind."""
     from dlrun.run.run_directory import RunDirectory
 
     console.print_error(str(err) if not overrides else f"{err}\n(job overrides: {' '.join(overrides)})")
-    if not in_worker and not cfg.get("resume"):
-        RunDirectory(run_dir).remove_unfinished()
-    if in_worker or (multirun and run_dir.is_dir()):
+    if multirun and run_dir.is_dir():
         try:
             RunDirectory(run_dir).write_json("failed.json", {"error": str(err), "overrides": overrides})
         except OSError:  # the folder cannot be written (that may be why it failed): the summary says it crashed
             pass
+    elif not cfg.get("resume"):
+        RunDirectory(run_dir).remove_unfinished()
 
 
 def _crashed(err: Exception, run_dir: Path, overrides: list[str], number: int, name: str) -> str:
