@@ -181,3 +181,21 @@ def test_each_pruner_name_builds_its_pruner_and_an_unknown_one_names_the_key():
     with pytest.raises(ConfigError, match=r"hydra.sweeper.pruner=hyperbnd.*Did you mean 'hyperband'") as err:
         build_pruner("hyperbnd", None)
     assert err.value.key == "hydra.sweeper.pruner"
+
+
+def test_a_resumed_search_whose_space_changed_is_refused_listing_the_change():
+    from dlrun.errors import ConfigError
+    from hydra_plugins.dlrun_optuna_sweeper._search import refuse_changed_space
+    from hydra_plugins.dlrun_optuna_sweeper._search_space import search_space
+
+    # The preset's file edited between the stop and the resume: the command line is the same, the space is not.
+    before, _ = search_space(["optimizer.lr=tag(log,interval(1e-4,1e-1))", "trainer.batch_size=choice(32,64)"])
+    study = optuna.create_study()
+    trial = study.ask()
+    for name, dist in before.items():
+        trial._suggest(name, dist)
+    refuse_changed_space(study, before)  # the same space: resumed
+    after, _ = search_space(["optimizer.lr=tag(log,interval(1e-3,1e-1))", "trainer.batch_size=choice(32,64)"])
+    with pytest.raises(ConfigError, match=r"optimizer.lr: FloatDistribution\(.*low=0.0001.*-> FloatDistribution\(.*low=0.001") as err:
+        refuse_changed_space(study, after)
+    assert "trainer.batch_size" not in str(err.value) and err.value.key == "hydra.sweeper.params"
