@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import user_env
 from dlrun.engine import checkpoint
@@ -200,3 +202,16 @@ def test_a_job_that_failed_on_its_input_stays_failed_unless_asked_to_retry(dl_ru
     retried = dl_run("resume=sweep", "sweep.retry_failed=true")
     assert retried.code == 2 and retried.stdout.count("not run again") == 1  # job 0 only: job 1 ran again
     assert "positive" in retried.stderr and "positive" in json.loads(failed.read_text())["error"]
+
+
+def test_a_preset_whose_grid_changed_since_the_sweep_is_refused_before_any_job(workdir, dl_run, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(workdir / "baseline", sweep)
+    record = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    record["hydra"]["sweeper"]["params"] = {"seed": "0,1"}  # as if the preset it ran had swept two seeds
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+    before = tree(sweep)
+    refused = dl_run(f"resume={sweep}", "--config-dir", "conf", cwd=workdir)
+    assert refused.code == 2 and "Traceback" not in refused.output
+    assert "hydra.sweeper.params: {'seed': '0,1'} -> None" in refused.stderr.replace("\n", " ")
+    assert tree(sweep) == before and "job 0" not in refused.stdout
