@@ -66,7 +66,7 @@ def test_a_launcher_that_is_not_installed_names_the_pip_command(monkeypatch):
 
 
 def test_a_search_whose_direction_contradicts_the_monitor_stops_before_any_trial(capsys):
-    config = OmegaConf.create({"trainer": {"monitor": "val/accuracy"}, "hydra": {"sweep": {"dir": "outputs/x"}, "sweeper": {
+    config = OmegaConf.create({"trainer": {"monitor": "val/accuracy"}, "sweep": {"resume": False}, "hydra": {"sweep": {"dir": "outputs/x"}, "sweeper": {
         "_target_": "hydra_plugins.dlrun_optuna_sweeper.sweeper.OptunaSweeper", "direction": "minimize"}}})
     with pytest.raises(SystemExit) as stopped:
         SweepDirectory().on_multirun_start(config)
