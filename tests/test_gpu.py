@@ -215,6 +215,25 @@ def test_data_larger_than_half_the_free_gpu_memory_is_refused():
     check_fits_on_device([torch.zeros(10)], torch.device("cuda"))
 
 
+SCORED = {"classification": ("model=cnn",), "msle": ("dataset=diabetes", "loss=msle"),
+          "forecast": ("dataset=sine", "model=lstm"), "seq2seq": ("dataset=toy_seq2seq", "dataset.n_samples=300"),
+          "segmentation": ("experiment=segmentation", "dataset.n_samples=100")}
+
+
+@pytest.mark.parametrize("case", SCORED)
+def test_outputs_gathered_on_the_host_score_as_on_the_gpu(monkeypatch, case):
+    from dlrun.engine import memory
+    from dlrun.run.experiment import Experiment
+
+    exp = Experiment(compose_config(*GPU, *SCORED[case]), "unused")
+    on_gpu = exp.score_every_split()
+    monkeypatch.setattr(memory, "OUTPUTS_SHARE_OF_GPU", 0.0)  # no split's outputs may stay on the GPU
+    on_host = exp.score_every_split()
+    for split, metrics in on_gpu.items():
+        assert on_host[split] == pytest.approx(metrics, rel=1e-5), split
+    assert {b.device.type for b in exp.loss.module.buffers()} <= {"cuda"}  # the loss went back to the GPU
+
+
 # ---- every loss and task ----------------------------------------------------------------------------------------------
 
 ONE_STEP = {

@@ -311,3 +311,13 @@ def test_under_torchrun_the_stop_flag_is_all_reduced_every_few_steps_not_every_s
         trainer.state.step = trainer.state.batch = step
         trainer._checkpoint_mid_epoch(torch.zeros(()), n_batches=100)
     assert asked == [10, 20, 30]
+
+
+def test_outputs_larger_than_their_share_of_the_gpu_are_gathered_on_the_host():
+    from dlrun.engine.memory import OUTPUTS_SHARE_OF_GPU, outputs_home
+
+    first = torch.zeros(64, 10, device="meta")  # a batch of 64 rows of 10 float32 scores: 2,560 bytes
+    whole = 2560 * 100  # the split's 6,400 rows
+    assert outputs_home(first, 6400, free_bytes=int(whole / OUTPUTS_SHARE_OF_GPU)).type == "meta"
+    assert outputs_home(first, 6400, free_bytes=int(whole / OUTPUTS_SHARE_OF_GPU) - 1).type == "cpu"
+    assert outputs_home(torch.zeros(4, 10), 10_000_000).type == "cpu"  # CPU outputs stay where they are

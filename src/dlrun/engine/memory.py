@@ -55,3 +55,21 @@ def check_fits_on_device(tensors: Sequence[Any], device: Any, free_bytes: int | 
                           f"rest). Stream images from disk "
                           f"(dataset=image_folder dataset.in_memory=false), train on part of the data "
                           f"(dataset.train_fraction=0.5), or use trainer.device=cpu.", key="dataset")
+
+
+# A split's outputs (one row of scores per example, or per pixel) stay on the GPU while they take at most this share
+# of its free memory; beyond it they are gathered on the host, batch by batch, and scored there.
+OUTPUTS_SHARE_OF_GPU = 0.25
+
+
+def outputs_home(first: Any, rows: int, free_bytes: int | None = None) -> Any:
+    """Where a split's outputs are gathered: their device, or the CPU when all `rows` of outputs shaped like the first
+    batch's (`first`) would take more than OUTPUTS_SHARE_OF_GPU of the GPU's free memory (`free_bytes`, else asked)."""
+    import torch
+
+    if first.device.type != "cuda" and free_bytes is None:
+        return first.device
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(first.device)[0]
+    size = first.nbytes * rows / max(len(first), 1)
+    return first.device if size <= OUTPUTS_SHARE_OF_GPU * free_bytes else torch.device("cpu")

@@ -140,11 +140,9 @@ class Task:
         with evaluating(model):
             # Under the run's autocast the model answers in bf16/fp16: each batch's outputs are kept in float32 for
             # the loss and metrics (converted batch by batch: the whole split is never held twice).
-            if all_ranks:
-                outputs = distributed.forward_shared(lambda xb: model(prepare(xb)).float(), x, batch_size)
-            else:
-                outputs = torch.cat([model(prepare(xb)).float() for xb in x.split(batch_size)])
-            metrics = {"loss": self.loss_fn(outputs, y).item()}
+            outputs = _split_outputs(lambda xb: model(prepare(xb)).float(), x, batch_size, all_ranks)
+            y = y.to(outputs.device)  # outputs too large for the GPU are scored on the host (memory.outputs_home)
+            metrics = {"loss": self._loss_on(outputs.device, outputs, y, back_to=x.device)}
             metrics.update(self.metrics(model, outputs, x, y, info, batch_size))
         return metrics
 
@@ -152,6 +150,13 @@ class Task:
                 batch_size: int) -> dict[str, float]:
         """The task's metrics from the model's outputs over one split."""
         return {}
+
+    def _loss_on(self, device: torch.device, outputs: torch.Tensor, y: torch.Tensor, back_to: torch.device) -> float:
+        """The mean loss scored on `device`, the loss's buffers (msle's statistics) returned to `back_to` after."""
+        try:
+            return self.loss_fn.to(device)(outputs, y).item()
+        finally:
+            self.loss_fn.to(back_to)
 
     def startup_check(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, y_train: torch.Tensor,
                       info: DataInfo) -> tuple[float | None, float | None, str | None]:
@@ -176,6 +181,21 @@ class Task:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def _split_outputs(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int,
+                   all_ranks: bool) -> torch.Tensor:
+    """forward over a split's rows, batch by batch, gathered where they fit (memory.outputs_home): on the GPU, or on
+    the host when the whole split's outputs would crowd the GPU (a segmentation's scores per pixel and class)."""
+    from dlrun.engine.memory import outputs_home
+
+    if all_ranks:  # every rank of a torchrun job computes a share; the gather needs the device
+        outputs = distributed.forward_shared(forward, x, batch_size)
+        return outputs.to(outputs_home(outputs[:1], len(x)))
+    batches = x.split(batch_size)
+    first = forward(batches[0])
+    home = outputs_home(first, len(x))
+    return torch.cat([first.to(home), *(forward(xb).to(home) for xb in batches[1:])])
 
 
 def _refuse_moving_augmentation(task: type[Task], augment: Any) -> None:

@@ -47,7 +47,7 @@ def forecast_baselines(x: torch.Tensor, y: torch.Tensor, info: DataInfo) -> dict
     """MAE and RMSE of the naive forecasts, in the target's original units."""
     out = {}
     for name, forecast in naive_forecasts(x, info.sequence).items():
-        scores = regression_metrics(forecast, y, info.target_mean, info.target_std)
+        scores = regression_metrics(forecast.to(y.device), y, info.target_mean, info.target_std)  # y may be on the host
         out.update({f"{name}_mae": scores["mae"], f"{name}_rmse": scores["rmse"]})
     return out
 

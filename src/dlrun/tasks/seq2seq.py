@@ -18,7 +18,8 @@ def seq2seq_metrics(model: nn.Module, predicted: torch.Tensor, x: torch.Tensor, 
     real = y != seq.pad_token
     token_accuracy = ((predicted == y) & real).sum() / real.sum()
     # Exact sequences are scored as the model would be used: decoding its own tokens, not the true ones.
-    decoded = torch.cat([greedy_decode(model, xb[:, :seq.source_length], seq)[0] for xb in x.split(batch_size)])
+    decoded = torch.cat([greedy_decode(model, xb[:, :seq.source_length], seq)[0].to(y.device)  # y may be on the host
+                         for xb in x.split(batch_size)])
     exact = (decoded == y).all(dim=1).float().mean()
     return {"token_accuracy": token_accuracy.item(), "sequence_accuracy": exact.item()}
 
