@@ -335,3 +335,41 @@ def test_a_server_that_goes_away_mid_run_does_not_stop_the_training(server, tmp_
         server.start()
     (run,) = runs_of(server.client(), "server-away")
     assert 1 <= len(history(server.client(), run.info.run_id, "val/loss")) < 5  # what it got before it went away
+
+
+@pytest.mark.parametrize("logger_cfg,key,words", [
+    ({"tensorboard": {}, "wandb": {}}, "logger.wandb", "Valid loggers: csv, mlflow, none, tensorboard"),
+    ({"tensorboard": {"subdr": "x"}}, "logger.tensorboard.subdr", "Did you mean 'subdir'"),
+    ({"log_every_n_steps": 0, "tensorboard": {}}, "logger.log_every_n_steps", "must be at least 1"),
+    ({"csv": {"file": "../metrics.csv"}}, "logger.csv.file", "a file name ending in .csv"),
+    ({"mlflow": {"tracking_uri": "ftp://host/runs"}}, "logger.mlflow.tracking_uri", "neither sqlite:///<file>"),
+    ({"mlflow": {"tracking_uri": "sqlite:///{tmp}/missing/runs.db"}}, "logger.mlflow.tracking_uri", "does not exist"),
+])
+def test_bad_logger_settings_are_refused_naming_the_key(logger_cfg, key, words, tmp_path):
+    from dlrun.errors import ConfigError
+    from dlrun.loggers import check_logger
+
+    logger_cfg = json.loads(json.dumps(logger_cfg).replace("{tmp}", str(tmp_path)))
+    with pytest.raises(ConfigError) as refused:
+        check_logger(logger_cfg, tmp_path / "run")
+    assert refused.value.key == key and words in str(refused.value), str(refused.value)
+    assert list(tmp_path.iterdir()) == []  # checked before anything is written
+
+
+def test_logger_mlflow_without_the_package_names_the_pip_command(monkeypatch, tmp_path):
+    from dlrun.errors import ConfigError
+    from dlrun.loggers import check_logger
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if it were not installed: find_spec finds nothing
+    with pytest.raises(ConfigError, match=r'pip install "mlflow>=3\.7".*pip install -e "\.\[mlflow\]"'):
+        check_logger({"tensorboard": {}, "mlflow": {}}, tmp_path)
+
+
+def test_a_logger_node_recorded_before_backends_had_their_own_keys_reads_as_that_backend():
+    from dlrun.loggers import split_config
+
+    old = {"name": "tensorboard", "subdir": "tb", "log_every_n_steps": 10, "gradients_every_n_steps": 100,
+           "histograms": True, "figures": True, "gradcam_every_n_epochs": 0}
+    shared, backends = split_config(old)
+    assert backends == {"tensorboard": {"subdir": "tb"}} and shared["log_every_n_steps"] == 10
+    assert split_config({"name": "none"})[1] == {}

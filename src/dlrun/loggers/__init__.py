@@ -53,7 +53,7 @@ def split_config(logger_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         cfg.pop(name)
         LOGGERS.get(name, f"logger.{name}")  # an unknown backend: the valid ones and the closest
     backends.pop("none", None)
-    return check_arguments(shared_keys, cfg, "logger"), backends
+    return shared_keys(**check_arguments(shared_keys, cfg, "logger")), backends
 
 
 def check_logger(logger_cfg: dict[str, Any], run_dir: Path) -> None:
