@@ -62,7 +62,7 @@ class SweepDirectory(Callback):
         from dlrun.run.run_directory import mark
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        new = not config.sweep.resume
+        new = not OmegaConf.select(config, "sweep.resume", default=False)
         try:
             _check_direction(config.hydra, config.trainer.monitor)
             if new:  # cli.refuse_used_folders made sure it is new or empty
