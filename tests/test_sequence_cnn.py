@@ -238,3 +238,13 @@ def test_dl_run_resumes_a_1d_cnn_and_refuses_one_on_tokens(dl_run):
     refused = dl_run("dataset=toy_seq2seq", "model=cnn", *QUICK)
     assert refused.code == 2 and "model=rnn, model=lstm, model=gru, model=tcn or model=transformer" in refused.output
     assert len(list((refused.cwd / "outputs").rglob("metrics.json"))) == 1  # only the first run's
+
+
+def test_mode_gradcam_on_a_tcn_says_which_models_it_draws(tmp_path):
+    overrides = [*PATTERNS, "model=tcn", "model.channels=4", "model.levels=2", "trainer.max_steps=1", "logger=none",
+                 *QUICK]
+    run(OmegaConf.create(compose_config(*overrides)), tmp_path, overrides)
+    args = [*overrides, "mode=gradcam", f"resume={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"e\.g\. model=cnn or model=resnet, on images or series") as err:
+        run(OmegaConf.create(compose_config(*args)), tmp_path, args)
+    assert err.value.key == "mode" and not (tmp_path / "grad_cam.png").exists()

@@ -19,8 +19,10 @@ def run_gradcam(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
     refuse_without_run(exp)
     inputs = exp.view_inputs(NullLogger())
     if exp.info.task != "classification" or not has_gradcam(inputs):
-        raise ConfigError(f"'mode=gradcam' needs a CNN classifier with one score per class; the run at "
-                          f"{exp.run_dir} trains model={exp.cfg['model'].get('name')} on {exp.info.task}.", key="mode")
+        raise ConfigError(f"'mode=gradcam' needs a CNN classifier with one score per class (e.g. model=cnn or "
+                          f"model=resnet, on images or series; a TCN's causal convolutions are not read as a map); "
+                          f"the run at {exp.run_dir} trains model={exp.cfg['model'].get('name')} on {exp.info.task}.",
+                          key="mode")
     out = exp.directory.output(exp.directory.file("grad_cam.png"), "overwrite", bool(exp.cfg.get("overwrite")))
     path = load_trained(exp)
     figure, _ = gradcam_panel(inputs)
