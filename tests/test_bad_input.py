@@ -62,7 +62,7 @@ CASES = [
     (["trainer.checkpoint_every_n_steps=0"], ["trainer.checkpoint_every_n_steps=0", "positive integer or null"]),
     (["dataset.val_fraction=0.6", "dataset.test_fraction=0.6"], ["dataset.val_fraction=0.6", "below 0.9"]),
     # Runs that cannot be resumed or must not be overwritten.
-    (["resume=folder"], ["resume=folder", "not a dl-run run directory", "overrides.yaml"]),
+    (["resume=folder"], ["resume=folder", "neither a dl-run run directory", "overrides.yaml", "multirun.yaml"]),
     ([r"resume={damaged}"], ["{damaged}/checkpoints/last.pt is truncated", "previous.pt is truncated",
                              "start a new one"]),
     ([r"resume={run}", "model.hidden=[16]"], ["another model architecture",

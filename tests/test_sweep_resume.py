@@ -128,6 +128,8 @@ def test_ctrl_c_stops_the_sweep_and_prints_the_command_that_resumes_it(workdir, 
     assert_resumes(dl_run, workdir, sweep, command[1:])
 
 
+# Slow: the in-process grid test runs the same per-job decision (job_on_resume); this one adds joblib's workers.
+@pytest.mark.slow
 def test_a_joblib_sweep_killed_while_job_3_trains_resumes_in_its_workers(workdir, fork_server, dl_run):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = workdir / "joblib"

@@ -106,6 +106,8 @@ def test_a_sweep_opens_in_the_browser_on_the_loss_card_of_every_job(dl_run, tmp_
     assert set(names[:len(varied)]) == varied and names[len(varied):] == sorted(names[len(varied):])
 
 
+# Slow: test_resume's kill-and-resume test checks the same purge of tb/train and tb/val after SIGKILLs.
+@pytest.mark.slow
 def test_a_resume_after_a_lost_epoch_leaves_one_value_per_step_on_the_loss_card(dl_run, tmp_path):
     first = dl_run("trainer.epochs=2", *QUICK)
     assert first.code == 0, first.output
