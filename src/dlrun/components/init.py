@@ -98,7 +98,7 @@ def _check_nonlinearity(name: str) -> None:
 def apply_init(model: nn.Module, weight_fn: WeightFn | None, bias: float | None = 0.0) -> int:
     """Initialise every linear/convolution/recurrent weight with `weight_fn` and set biases; return layers touched.
 
-    `bias=None` keeps the biases PyTorch chose.
+    `bias=None` keeps the biases PyTorch chose; a layer its builder froze keeps its weights.
     """
     if weight_fn is None:
         return 0
@@ -106,6 +106,8 @@ def apply_init(model: nn.Module, weight_fn: WeightFn | None, bias: float | None 
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, LAYERS_WITH_WEIGHTS):
+                if not module.weight.requires_grad:  # given kernels its builder froze (model.fixed_kernels)
+                    continue
                 weight_fn(module.weight)
                 if module.bias is not None and bias is not None:
                     nn.init.constant_(module.bias, bias)

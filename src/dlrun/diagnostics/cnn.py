@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlrun.engine.evaluating import evaluating
+from dlrun.errors import ConfigError
 
 
 def _convs(model: nn.Module) -> list[nn.Module]:
@@ -32,13 +33,42 @@ def first_conv(model: nn.Module) -> nn.Conv1d | nn.Conv2d | None:
     return convs[0] if convs else None
 
 
+def conv_names(model: nn.Module) -> list[str]:
+    """The names (as in model.named_modules()) of the convolutions whose maps Grad-CAM and the feature-map view
+    can draw, first to last."""
+    convs = {id(m) for m in _convs(model)}
+    return [name for name, module in model.named_modules() if id(module) in convs]
+
+
+def conv_by_name(model: nn.Module, name: str | None, key: str) -> nn.Module | None:
+    """The convolution called `name` in the model (None: None, the view's default layer); a ConfigError naming
+    `key` and the valid names otherwise."""
+    if name is None:
+        return None
+    names = conv_names(model)
+    if name not in names:
+        raise ConfigError(f"'{key}={name}' is not a convolution of this model; valid names (as in "
+                          f"model.named_modules()): {', '.join(names) or 'none (the model has no convolution)'}.",
+                          key=key)
+    return model.get_submodule(name)
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, layer: nn.Module | None = None) -> torch.Tensor:
+    """Grad-CAM heatmaps (grad_cam_maps) upsampled to the image size (series length): (N, H, W) or (N, steps)."""
+    cam = grad_cam_maps(model, x, classes, layer).unsqueeze(1)
+    if cam.dim() == 3:  # a series (N, steps, features): the heatmap over its steps
+        return F.interpolate(cam, size=x.shape[1], mode="linear", align_corners=False).squeeze(1)
+    return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+
+
+def grad_cam_maps(model: nn.Module, x: torch.Tensor, classes: torch.Tensor,
+                  layer: nn.Module | None = None) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al., 2017): where in each image, or when in each series, the evidence for `classes`
     lies.
 
     The feature maps A_k of the layer are weighted by the spatial (or time) mean of d score / d A_k; the ReLU of
-    their sum, upsampled to the image size (series length) and scaled to [0, 1], is the heatmap. Returns (N, H, W)
-    for images, (N, steps) for series given as (N, steps, features).
+    their sum, scaled to [0, 1], is the heatmap at the layer's own resolution (course 3 §5.1: a later layer is
+    coarser): (N, h, w) for images, (N, length) for series. `layer` defaults to the last convolution.
     """
     layer = layer or last_conv(model)
     if layer is None:
@@ -63,11 +93,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, layer: nn
     maps, grads = store["maps"].detach(), store["maps"].grad.detach()
     axes = tuple(range(2, maps.dim()))  # (length,) in 1-D, (height, width) in 2-D
     weights = grads.mean(dim=axes, keepdim=True)
-    cam = F.relu((weights * maps).sum(dim=1, keepdim=True))
-    if maps.dim() == 3:  # a series (N, steps, features): the heatmap over its steps
-        cam = F.interpolate(cam, size=x.shape[1], mode="linear", align_corners=False).squeeze(1)
-    else:
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    cam = F.relu((weights * maps).sum(dim=1))
     peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, *[1] * (cam.dim() - 1))
     model.zero_grad(set_to_none=True)
     return cam / peak
@@ -90,12 +116,13 @@ def filters_grid(model: nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def feature_maps_grid(model: nn.Module, image: torch.Tensor, limit: int = 16) -> torch.Tensor | None:
-    """What the first convolution makes of one image: its first `limit` feature maps as a grid; of one series: one
-    image whose rows are its first `limit` feature maps over time."""
+def feature_maps_grid(model: nn.Module, image: torch.Tensor, limit: int = 16,
+                      layer: nn.Module | None = None) -> torch.Tensor | None:
+    """What a convolution (the first by default) makes of one image: its first `limit` feature maps as a grid; of
+    one series: one image whose rows are its first `limit` feature maps over time."""
     from torchvision.utils import make_grid
 
-    conv = first_conv(model)
+    conv = layer or first_conv(model)
     if conv is None:
         return None
     store: dict[str, torch.Tensor] = {}

@@ -28,7 +28,8 @@ BUILD_EXTRAS = ("run_dir", "purge_step", "resume_state", "run_info", "main_metri
 
 
 def shared_keys(log_every_n_steps: int = 10, gradients_every_n_steps: int = 100, histograms: bool = True,
-                figures: bool = True, gradcam_every_n_epochs: int = 0) -> dict[str, Any]:
+                figures: bool = True, gradcam_every_n_epochs: int = 0, gradcam_layer: str | None = None,
+                feature_map_layer: str | None = None) -> dict[str, Any]:
     """The logger keys every backend shares, checked: they mean the same whichever backends log."""
     for key, value, least, meaning in (("log_every_n_steps", log_every_n_steps, 1, "at least 1"),
                                        ("gradients_every_n_steps", gradients_every_n_steps, 0, "0 (off) or positive"),
@@ -37,7 +38,9 @@ def shared_keys(log_every_n_steps: int = 10, gradients_every_n_steps: int = 100,
         if value < least:
             raise ConfigError(f"'logger.{key}={value}' must be {meaning}.", key=f"logger.{key}")
     return {"log_every_n_steps": log_every_n_steps, "gradients_every_n_steps": gradients_every_n_steps,
-            "histograms": histograms, "figures": figures, "gradcam_every_n_epochs": gradcam_every_n_epochs}
+            "histograms": histograms, "figures": figures, "gradcam_every_n_epochs": gradcam_every_n_epochs,
+            # the CNN views' layers, by name: checked against the model by the Experiment, read by the views
+            "gradcam_layer": gradcam_layer, "feature_map_layer": feature_map_layer}
 
 
 def split_config(logger_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -88,7 +91,9 @@ def build_logger(logger_cfg: dict[str, Any], run_dir: Path, purge_step: int | No
         raise
     if not built:
         return NullLogger()
-    return built[0] if len(built) == 1 else Loggers(built, **shared)
+    # the group takes the keys about logging; the views' layer names reach the views through the Experiment
+    group_keys = {k: v for k, v in shared.items() if k in inspect.signature(Loggers).parameters}
+    return built[0] if len(built) == 1 else Loggers(built, **group_keys)
 
 
 def close_logger(logger: Logger, status: str = "FINISHED") -> None:

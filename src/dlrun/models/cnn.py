@@ -14,6 +14,7 @@ from torch import nn
 from dlrun.components.activations import ACTIVATIONS, activation_width_factor
 from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
+from dlrun.models.fixed_kernels import fixed_kernel_weights, freeze_kernels
 from dlrun.models.flatten import Flatten
 from dlrun.models.geometry import conv_output_size, formula_text
 from dlrun.models.registry import MODELS
@@ -220,6 +221,8 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
     global_pool: bool = False,
 ) -> nn.Module:
     """INPUT -> [[CONV -> (BN) -> ACT]*N -> POOL? -> (DROPOUT2D)]*M -> [FC -> ACT -> (DROPOUT)]*K -> FC: 2-D over
+    norm: str = "none",
+    fixed_kernels: list | str | None = None,
     images, 1-D over series (steps x features, the features as input channels), with the same keys."""
     in_channels, size = conv_input(info, "cnn")
     _check_cnn_keys(channels, hidden, pool, {"dropout": dropout, "dropout2d": dropout2d}, global_pool, {
@@ -236,8 +239,10 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
     conv = ConvSettings(layers, kernel_size, stride, padding, dilation, pool, pool_size, batch_norm, dropout2d,
                         _inputs_text(in_channels, size))
     stages: list[tuple[str, nn.Module]] = []
-    for s, widths in enumerate(_stages(channels, convs_per_stage), start=1):
+    for s, widths in enumerate(widths_per_stage, start=1):
         stage, in_channels, size = _conv_stage(s, widths, in_channels, size, conv, act, factor)
+    widths_per_stage = _stages(channels, convs_per_stage)
+    fixed = _fixed_first_conv(fixed_kernels, in_channels, size, kernel_size, activation, widths_per_stage)
         stages.append((f"stage{s}", stage))
     # global pooling: one number per feature map, so the head no longer depends on the image size or series length
     head = [("global_pool", layers.global_pool(1))] if global_pool else []
@@ -247,4 +252,25 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
     parts = [("features", nn.Sequential(OrderedDict(stages))), ("head", nn.Sequential(OrderedDict(head)))]
     if len(size) == 1:  # a series comes as (batch, steps, features)
         parts.insert(0, ("to_channels", FeaturesAsChannels()))
-    return nn.Sequential(OrderedDict(parts))
+    model = nn.Sequential(OrderedDict(parts))
+    if fixed is not None:
+        freeze_kernels(model.features.stage1.conv1, fixed)
+    return model
+
+
+def _fixed_first_conv(fixed_kernels: list | str | None, in_channels: int, size: tuple[int, ...], kernel_size: int,
+                      activation: str, widths_per_stage: list[list[int]]) -> torch.Tensor | None:
+    """The weight of the given first-layer kernels (course 3 §1), or None; the first conv gets one output channel
+    per kernel (its width in model.channels is replaced)."""
+    if fixed_kernels is None:
+        return None
+    if not widths_per_stage:
+        raise ConfigError("'model.fixed_kernels' sets the first convolution's kernels, but model.channels=[] has "
+                          "none: give at least one stage, e.g. model.channels=[32].", key="model.fixed_kernels")
+    if activation == "maxout":  # maxout pairs each kernel with others of its own: no one map per given kernel
+        raise ConfigError("'model.fixed_kernels' gives one feature map per kernel, which model.activation=maxout "
+                          "would merge in groups: pick another activation (relu, tanh, ...).",
+                          key="model.fixed_kernels")
+    weight = fixed_kernel_weights(fixed_kernels, in_channels, len(size), kernel_size)
+    widths_per_stage[0][0] = weight.shape[0]
+    return weight

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def run_gradcam(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
-    """mode=gradcam resume=<run dir>: the Grad-CAM figure of the best checkpoint, into the same run."""
+    """mode=gradcam resume=<run dir> [logger.gradcam_layer=<conv name>]: the Grad-CAM figure of the best checkpoint,
+    into the same run."""
     refuse_without_run(exp)
     inputs = exp.view_inputs(NullLogger())
     if exp.info.task != "classification" or not has_gradcam(inputs):
@@ -25,7 +26,8 @@ def run_gradcam(exp: Experiment, overrides: list[str]) -> dict[str, Any]:
                           key="mode")
     out = exp.directory.output(exp.directory.file("grad_cam.png"), "overwrite", bool(exp.cfg.get("overwrite")))
     path = load_trained(exp)
-    figure, _ = gradcam_panel(inputs)
+    figure, _, _ = gradcam_panel(inputs)
     png = figures.save(figure, out)
-    console.console.print(f"Grad-CAM of {path.name} over {PANEL} test images: {png}", soft_wrap=True)
+    layer = inputs.gradcam_layer or "the last convolution"  # logger.gradcam_layer=<name> reads another
+    console.console.print(f"Grad-CAM of {path.name} at {layer} over {PANEL} test images: {png}", soft_wrap=True)
     return {"status": "completed", "mode": "gradcam", "checkpoint": str(path), "figure": str(png)}

@@ -26,7 +26,7 @@ from dlrun.engine.options import (TrainerOptions, autocast_for, resolve_device, 
                                   use_channels_last)
 from dlrun.engine.trainer import TrainingParts
 from dlrun.errors import ConfigError
-from dlrun.loggers import check_logger
+from dlrun.loggers import check_logger, split_config
 from dlrun.models import MODELS
 from dlrun.models.onednn_linear import use_onednn_linear
 from dlrun.models.transfer import has_pretrained_weights
@@ -257,6 +257,7 @@ class Experiment:
             return
         with torch.no_grad(), evaluating(self.model):
             try:  # the task's own loss: it may read the targets its own way
+        self.view_layers = view_layers(self.model, self.logger_cfg)
                 self.task.loss(self.model, sample, self.splits.y_train[:2])
                 return
             except (RuntimeError, ValueError, IndexError) as err:
@@ -282,4 +283,16 @@ class Experiment:
     def view_inputs(self, logger: Any, first_epoch: int = 0) -> ViewInputs:
         """What the task's views draw from."""
         return ViewInputs(self.model, self.info, self.loss, self.splits, self.prepare, logger,
-                          self.opts.eval_batch_size, first_epoch)
+                          self.opts.eval_batch_size, first_epoch, **self.view_layers)
+
+
+def view_layers(model: torch.nn.Module, logger_cfg: dict[str, Any]) -> dict[str, str | None]:
+    """logger.gradcam_layer and logger.feature_map_layer, each a convolution of the model by name (checked now,
+    before training: a wrong name is refused with the valid ones), for the CNN views."""
+    from dlrun.diagnostics.cnn import conv_by_name
+
+    shared = split_config(logger_cfg)[0]
+    layers = {key: shared[key] for key in ("gradcam_layer", "feature_map_layer")}
+    for key, name in layers.items():
+        conv_by_name(model, name, f"logger.{key}")
+    return layers

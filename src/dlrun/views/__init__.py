@@ -32,6 +32,8 @@ class ViewInputs:
     logger: Logger
     eval_batch_size: int = 4096
     first_epoch: int = 0  # epochs done before this process started (a resumed run keeps counting)
+    gradcam_layer: str | None = None  # logger.gradcam_layer: the conv Grad-CAM reads (None: the last)
+    feature_map_layer: str | None = None  # logger.feature_map_layer: the conv whose maps are shown (None: the first)
 
 
 EpochView = Callable[["nn.Module", int], None]
