@@ -219,10 +219,9 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
     dropout: float = 0.0,
     dropout2d: float = 0.0,
     global_pool: bool = False,
+    fixed_kernels: list | str | None = None,
 ) -> nn.Module:
     """INPUT -> [[CONV -> (BN) -> ACT]*N -> POOL? -> (DROPOUT2D)]*M -> [FC -> ACT -> (DROPOUT)]*K -> FC: 2-D over
-    norm: str = "none",
-    fixed_kernels: list | str | None = None,
     images, 1-D over series (steps x features, the features as input channels), with the same keys."""
     in_channels, size = conv_input(info, "cnn")
     _check_cnn_keys(channels, hidden, pool, {"dropout": dropout, "dropout2d": dropout2d}, global_pool, {
@@ -238,11 +237,11 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
     layers = LAYERS_1D if len(size) == 1 else LAYERS_2D
     conv = ConvSettings(layers, kernel_size, stride, padding, dilation, pool, pool_size, batch_norm, dropout2d,
                         _inputs_text(in_channels, size))
+    widths_per_stage = _stages(channels, convs_per_stage)
+    fixed = _fixed_first_conv(fixed_kernels, in_channels, size, kernel_size, activation, widths_per_stage)
     stages: list[tuple[str, nn.Module]] = []
     for s, widths in enumerate(widths_per_stage, start=1):
         stage, in_channels, size = _conv_stage(s, widths, in_channels, size, conv, act, factor)
-    widths_per_stage = _stages(channels, convs_per_stage)
-    fixed = _fixed_first_conv(fixed_kernels, in_channels, size, kernel_size, activation, widths_per_stage)
         stages.append((f"stage{s}", stage))
     # global pooling: one number per feature map, so the head no longer depends on the image size or series length
     head = [("global_pool", layers.global_pool(1))] if global_pool else []

@@ -246,6 +246,7 @@ class Experiment:
         self.logger_cfg = dict(self.cfg["logger"])
         # Check the logger's keys, packages and servers now; it is built (and writes files) only when training starts.
         check_logger(self.logger_cfg, self.run_dir)
+        self.view_layers = view_layers(self.model, self.logger_cfg)
         sample = self.prepare(self.splits.x_train[:2])
         model_name = self.cfg["model"].get("name")
         try:
@@ -257,7 +258,6 @@ class Experiment:
             return
         with torch.no_grad(), evaluating(self.model):
             try:  # the task's own loss: it may read the targets its own way
-        self.view_layers = view_layers(self.model, self.logger_cfg)
                 self.task.loss(self.model, sample, self.splits.y_train[:2])
                 return
             except (RuntimeError, ValueError, IndexError) as err:
