@@ -89,8 +89,11 @@ def diagnose(train: list[float], val: list[float], chance: float, lrs: list[floa
     if diverging is not None:
         return diverging
     curves.read_tail()
-    for case in (_stopped_too_early, _underfitting, _overfitting, _validation_levels_off,
-                 _unrepresentative_training_set, _unrepresentative_validation_set):
+    # A validation curve that jumps about (a split too small) is read first: its minimum, its last value and its
+    # rise are the noise of a few samples, and read by the later cases they name a noisy curve overfitting,
+    # levelling off or stopped too early.
+    for case in (_unrepresentative_validation_set, _stopped_too_early, _underfitting, _overfitting,
+                 _validation_levels_off, _unrepresentative_training_set):
         verdict = case(curves)
         if verdict is not None:
             return verdict
