@@ -123,3 +123,19 @@ def test_mode_gradcam_reads_the_layer_given_on_its_command_line(dl_run):
     assert (run_dir / "grad_cam.png").read_bytes()[:4] == b"\x89PNG"
     refused = dl_run("mode=gradcam", f"resume={run_dir}", "logger.feature_map_layer=stage1.conv1", "overwrite=true")
     assert refused.code == 2 and "valid names" in refused.output and "features.stage1.conv1" in refused.output
+
+
+def test_the_course_example_is_the_same_by_hand_by_pytorch_and_as_the_courses_matrix_product(capsys):
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "convolution_as_matrix.py"))
+    assert script["main"]([]) == 0
+    out = capsys.readouterr().out
+    assert "h[0,0] = 4·3 + 6·2 + 8·5 + 5·1 = 69" in out and "U v(x) = (69 50 48 43)ᵀ = v(h)" in out
+    # course 3 §1's U, row for row
+    assert script["toeplitz"](torch.tensor([[3.0, 2.0], [5.0, 1.0]]), 3, 3).tolist() == [
+        [3, 2, 0, 5, 1, 0, 0, 0, 0], [0, 3, 2, 0, 5, 1, 0, 0, 0], [0, 0, 0, 3, 2, 0, 5, 1, 0],
+        [0, 0, 0, 0, 3, 2, 0, 5, 1]]
+    assert script["main"](["--kernel", "sobel_x"]) == 0
+    assert "U v(x) = (-1 -1 -1 -1)ᵀ" in capsys.readouterr().out  # the step image's edge, as the CNN's first layer sees it
