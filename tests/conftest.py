@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,82 @@ def pytest_configure(config: pytest.Config) -> None:
     the dl-run processes it starts) only when the gpu-marked tests are selected: pytest -m gpu (tests/test_gpu.py)."""
     if not re.search(r"(?<!not )\bgpu\b", config.option.markexpr or ""):
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-costs", metavar="PATH", default=None,
+                     help="write each test's CPU seconds (its own process, subprocesses and fork-server children "
+                          "included; setup and teardown too) to PATH as a markdown table: the 40 costliest tests "
+                          "and the cost per file. CPU time, unlike wall time, hardly moves on a loaded machine.")
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds this process, its waited-for subprocesses and its fork server's children have used so far."""
+    import forkserver
+
+    times = os.times()
+    return (times.user + times.system + times.children_user + times.children_system
+            + sum(server.cpu_seconds for server in forkserver.SERVERS))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    if item.config.getoption("--cpu-costs"):
+        item.stash[_COST_START] = (_cpu_seconds(), time.monotonic())
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    yield
+    if _COST_START in item.stash:  # recorded on the teardown report, which pytest-xdist's workers send back too
+        cpu, wall = item.stash[_COST_START]
+        item.user_properties.append(("cost", (_cpu_seconds() - cpu, time.monotonic() - wall)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if name == "cost" and report.when == "teardown":
+            _COSTS[report.nodeid] = value
+            _COSTS_SINCE_WRITTEN.append(report.nodeid)
+    if _COST_PATH[0] and len(_COSTS_SINCE_WRITTEN) >= 20:  # a run stopped part-way still leaves its table so far
+        _COSTS_SINCE_WRITTEN.clear()
+        Path(_COST_PATH[0]).write_text(cost_table(_COSTS))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the table is written by the controller (or the only process)
+        _COST_PATH[0] = session.config.getoption("--cpu-costs")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _COST_PATH[0] and _COSTS:
+        Path(_COST_PATH[0]).write_text(cost_table(_COSTS))
+
+
+def cost_table(costs: dict[str, tuple[float, float]], top: int = 40) -> str:
+    """Markdown: the total, the `top` costliest tests and the cost per file, in CPU and wall seconds."""
+    per_file: dict[str, list[float]] = {}
+    for nodeid, (cpu, wall) in costs.items():
+        row = per_file.setdefault(nodeid.split("::")[0], [0.0, 0.0, 0])
+        row[0] += cpu
+        row[1] += wall
+        row[2] += 1
+    lines = [f"Total: {sum(c for c, _ in costs.values()):.0f} CPU s, {sum(w for _, w in costs.values()):.0f} "
+             f"wall s (summed over tests), {len(costs)} tests\n", f"## The {top} costliest tests\n",
+             "| CPU s | wall s | test |", "|---:|---:|---|"]
+    for nodeid, (cpu, wall) in sorted(costs.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {cpu:.1f} | {wall:.1f} | {nodeid} |")
+    lines += ["", "## Cost per file\n", "| CPU s | wall s | tests | file |", "|---:|---:|---:|---|"]
+    for name, (cpu, wall, count) in sorted(per_file.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"| {cpu:.1f} | {wall:.1f} | {count} | {name} |")
+    return "\n".join(lines) + "\n"
+
+
+_COST_START = pytest.StashKey[tuple]()
+_COSTS: dict[str, tuple[float, float]] = {}
+_COSTS_SINCE_WRITTEN: list[str] = []
+_COST_PATH: list[str | None] = [None]
 
 
 def compose_config(*overrides: str) -> dict:

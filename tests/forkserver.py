@@ -32,6 +32,9 @@ for line in sys.stdin:
         # Runs at the child's exit, after threads (a joblib launcher's workers) were shut down as in any process.
         sys.stdout.flush()
         sys.stderr.flush()
+        times = os.times()  # the child's CPU time, its own subprocesses included (conftest's --cpu-costs reads it)
+        with open(request["status"] + ".cpu", "w") as f:
+            f.write(str(times.user + times.system + times.children_user + times.children_system))
         with open(request["status"] + ".tmp", "w") as f:
             f.write(str(report.code))
         os.replace(request["status"] + ".tmp", request["status"])
@@ -61,11 +64,22 @@ for line in sys.stdin:
 """
 
 
+def child_cpu_seconds(status: Path) -> float:
+    """The CPU seconds a child that has exited spent: the server ignores SIGCHLD, so no os.times() counts them."""
+    cpu = status.with_name(status.name + ".cpu")
+    return float(cpu.read_text()) if cpu.exists() else 0.0
+
+
+SERVERS: list[ForkServer] = []  # every server this process started (conftest's --cpu-costs sums their children)
+
+
 class ForkServer:
     """`run(args, cwd, env, timeout)` -> CompletedProcess, like subprocess.run of the `dl-run` script."""
 
     def __init__(self, scratch: Path) -> None:
         self.scratch = scratch
+        self.cpu_seconds = 0.0  # of the children run() has waited for, so far
+        SERVERS.append(self)
         self.lock = threading.Lock()
         self.count = 0
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -99,6 +113,7 @@ class ForkServer:
                 raise subprocess.TimeoutExpired(["dl-run", *args], timeout)
             time.sleep(0.02)
         # The child writes its status last, just before it exits; its output files are complete by then.
+        self.cpu_seconds += child_cpu_seconds(status)
         return subprocess.CompletedProcess(["dl-run", *args], int(status.read_text()),
                                            Path(files["stdout"]).read_text(), Path(files["stderr"]).read_text())
 
