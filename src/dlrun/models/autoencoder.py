@@ -17,7 +17,7 @@ from dlrun.errors import ConfigError
 from dlrun.models.cnn import image_channels, make_activation
 from dlrun.models.flatten import Flatten
 from dlrun.models.registry import MODELS
-from dlrun.models.upsample import Downsample, Upsample, check_upsampling
+from dlrun.models.upsample import Downsample, Upsample, check_upsampling_geometry
 
 
 class VAEOutput(NamedTuple):
@@ -125,12 +125,12 @@ def build_autoencoder(info: DataInfo, hidden: list[int] = (128,), latent_dim: in
 
 
 def _upsampling_stages(channels: list[int], upsampling: str, activation: str, negative_slope: float,
-                       batch_norm: bool) -> tuple[nn.ModuleList, nn.ModuleList]:
+                       batch_norm: bool, kernel: int | None = None) -> tuple[nn.ModuleList, nn.ModuleList]:
     """A conv decoder's stages, mirroring the encoder's channels: the upsamplings and the (BN ->) ACT after each."""
     ups, acts = nn.ModuleList(), nn.ModuleList()
     widths = list(channels[::-1]) + [channels[0]]
     for c_from, c_to in zip(widths, widths[1:]):
-        ups.append(Upsample(upsampling, c_from, c_to))
+        ups.append(Upsample(upsampling, c_from, c_to, kernel=kernel))
         acts.append(nn.Sequential(*([nn.BatchNorm2d(c_to)] if batch_norm else []),
                                   make_activation(activation, negative_slope, 2)))
     return ups, acts
@@ -141,7 +141,7 @@ class ConvAutoencoder(nn.Module):
 
     def __init__(self, in_channels: int, size: tuple[int, int], channels: list[int], upsampling: str,
                  latent_dim: int | None, activation: str, negative_slope: float, batch_norm: bool,
-                 noise: float) -> None:
+                 noise: float, upsampling_kernel: int | None = None) -> None:
         super().__init__()
         self.noise = InputNoise(noise)
         unpool = upsampling == "unpool"
@@ -158,7 +158,8 @@ class ConvAutoencoder(nn.Module):
         # An optional dense bottleneck: a code of latent_dim numbers instead of the last feature maps.
         self.code = (nn.Sequential(Flatten(), nn.Linear(flat, latent_dim), nn.Linear(latent_dim, flat),
                                    make_activation(activation, negative_slope, 2)) if latent_dim else None)
-        self.ups, self.decode_acts = _upsampling_stages(channels, upsampling, activation, negative_slope, batch_norm)
+        self.ups, self.decode_acts = _upsampling_stages(channels, upsampling, activation, negative_slope, batch_norm,
+                                                        upsampling_kernel)
         self.out = nn.Conv2d(channels[0], in_channels, 3, padding=1)  # linear: the target is the standardised input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,15 +177,16 @@ class ConvAutoencoder(nn.Module):
 @MODELS.register("conv_autoencoder")
 def build_conv_autoencoder(info: DataInfo, channels: list[int] = (16, 32), upsampling: str = "transposed",
                            latent_dim: int | None = None, activation: str = "relu", negative_slope: float = 0.1,
-                           batch_norm: bool = False, noise: float = 0.0) -> nn.Module:
+                           batch_norm: bool = False, noise: float = 0.0, upsampling_kernel: int | None = None,
+                           upsampling_stride: int = 2) -> nn.Module:
     """A convolutional encoder that halves the image per stage and a decoder that upsamples it back."""
     refuse_other_tasks(info, "conv_autoencoder")
     in_channels, height, width = image_channels(info, "conv_autoencoder", "model=autoencoder")
-    check_upsampling(upsampling)
+    check_upsampling_geometry(upsampling, upsampling_kernel, upsampling_stride)
     _check_common([1], latent_dim or 1, noise)
     _check_stages(channels, height, width)
     return ConvAutoencoder(in_channels, (height, width), list(channels), upsampling, latent_dim, activation,
-                           negative_slope, batch_norm, _noise_in_model_units(info, noise))
+                           negative_slope, batch_norm, _noise_in_model_units(info, noise), upsampling_kernel)
 
 
 class VAE(nn.Module):
@@ -229,13 +231,15 @@ class ConvDecoder(nn.Module):
     work from any code (a sample of the prior too), so it has no encoder indices to unpool with."""
 
     def __init__(self, latent_dim: int, out_channels: int, sizes: list[tuple[int, int]], channels: list[int],
-                 upsampling: str, activation: str, negative_slope: float, batch_norm: bool) -> None:
+                 upsampling: str, activation: str, negative_slope: float, batch_norm: bool,
+                 upsampling_kernel: int | None = None) -> None:
         super().__init__()
         self.code_shape = (channels[-1], *sizes[-1])
         self.project = nn.Sequential(nn.Linear(latent_dim, channels[-1] * sizes[-1][0] * sizes[-1][1]),
                                      make_activation(activation, negative_slope, 2))
         self.sizes = sizes[-2::-1]  # the map size each upsampling restores (odd sizes come back exactly)
-        self.ups, self.acts = _upsampling_stages(channels, upsampling, activation, negative_slope, batch_norm)
+        self.ups, self.acts = _upsampling_stages(channels, upsampling, activation, negative_slope, batch_norm,
+                                                 upsampling_kernel)
         self.out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -246,13 +250,14 @@ class ConvDecoder(nn.Module):
 
 
 @MODELS.register("conv_vae")
-def build_conv_vae(info: DataInfo, channels: list[int] = (32, 64), upsampling: str = "transposed",
-                   latent_dim: int = 16, activation: str = "relu", negative_slope: float = 0.1,
-                   batch_norm: bool = True, beta: float = 1.0, noise: float = 0.0) -> nn.Module:
+def build_conv_vae(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
+        info: DataInfo, channels: list[int] = (32, 64), upsampling: str = "transposed", latent_dim: int = 16,
+        activation: str = "relu", negative_slope: float = 0.1, batch_norm: bool = True, beta: float = 1.0,
+        noise: float = 0.0, upsampling_kernel: int | None = None, upsampling_stride: int = 2) -> nn.Module:
     """[CONV -> ACT -> MAXPOOL]*M -> FC -> (mean, log-variance) -> sampled code -> FC -> [UPSAMPLE -> ACT]*M -> CONV."""
     refuse_other_tasks(info, "conv_vae")
     in_channels, height, width = image_channels(info, "conv_vae", "model=vae")
-    check_upsampling(upsampling)
+    check_upsampling_geometry(upsampling, upsampling_kernel, upsampling_stride)
     if upsampling == "unpool":
         raise ConfigError("'model.upsampling=unpool' needs the encoder's max-pool indices, which a VAE's decoder "
                           "does not have when it decodes a sample of the prior: use transposed, nearest or "
@@ -268,5 +273,5 @@ def build_conv_vae(info: DataInfo, channels: list[int] = (32, 64), upsampling: s
         c_in = c
     encoder = nn.Sequential(*layers, Flatten(), nn.Linear(c_in * sizes[-1][0] * sizes[-1][1], 2 * latent_dim))
     decoder = ConvDecoder(latent_dim, in_channels, sizes, list(channels), upsampling, activation, negative_slope,
-                          batch_norm)
+                          batch_norm, upsampling_kernel)
     return VAE(encoder, decoder, info.input_shape, latent_dim, beta, _noise_in_model_units(info, noise))

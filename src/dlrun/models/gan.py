@@ -15,7 +15,7 @@ from dlrun.errors import ConfigError
 from dlrun.models.cnn import image_channels, make_activation
 from dlrun.models.flatten import Flatten
 from dlrun.models.registry import MODELS
-from dlrun.models.upsample import Upsample, check_upsampling
+from dlrun.models.upsample import Upsample, check_upsampling_geometry
 
 
 class PixelOutput(nn.Module):
@@ -104,12 +104,13 @@ def build_gan(info: DataInfo, latent_dim: int = 32, hidden: list[int] = (128, 25
 
 @MODELS.register("dcgan")
 def build_dcgan(info: DataInfo, latent_dim: int = 32, channels: list[int] = (64, 32), upsampling: str = "transposed",
-                negative_slope: float = 0.2) -> nn.Module:
+                negative_slope: float = 0.2, upsampling_kernel: int | None = None,
+                upsampling_stride: int = 2) -> nn.Module:
     """DCGAN (Radford et al. 2015): z -> FC -> [UPSAMPLE -> BN -> ReLU]*M -> CONV -> image;
     discriminator: [CONV stride 2 -> LeakyReLU]*M -> FC -> 1 logit (strided convolutions, no pooling)."""
     refuse_other_tasks(info, "dcgan")
     in_channels, height, width = image_channels(info, "dcgan", "model=gan (MLPs)")
-    check_upsampling(upsampling)
+    check_upsampling_geometry(upsampling, upsampling_kernel, upsampling_stride)
     if upsampling == "unpool":
         raise ConfigError("'model.upsampling=unpool' needs an encoder's pooling indices; a generator starts from "
                           "noise and has none. Use transposed, nearest or bilinear.", key="model.upsampling")
@@ -127,19 +128,21 @@ def build_dcgan(info: DataInfo, latent_dim: int = 32, channels: list[int] = (64,
     for c_in, c_out in zip(widths, widths[1:]):
         d_layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.LeakyReLU(negative_slope)]
     d_layers += [Flatten(), nn.Linear(channels[0] * sizes[-1][0] * sizes[-1][1], 1)]
-    return GAN(_DCGenerator(info, latent_dim, list(channels), upsampling, sizes), nn.Sequential(*d_layers), latent_dim)
+    generator = _DCGenerator(info, latent_dim, list(channels), upsampling, sizes, upsampling_kernel)
+    return GAN(generator, nn.Sequential(*d_layers), latent_dim)
 
 class _DCGenerator(nn.Module):
     """z -> FC to the smallest map -> upsample stage by stage back to the image size (DCGAN's generator)."""
 
     def __init__(self, info: DataInfo, latent_dim: int, channels: list[int], upsampling: str,
-                 sizes: list[tuple[int, int]]) -> None:
+                 sizes: list[tuple[int, int]], upsampling_kernel: int | None = None) -> None:
         super().__init__()
         self.start = (channels[0], *sizes[-1])
         self.project = nn.Sequential(nn.Linear(latent_dim, channels[0] * sizes[-1][0] * sizes[-1][1]),
                                      nn.BatchNorm1d(channels[0] * sizes[-1][0] * sizes[-1][1]), nn.ReLU())
         widths = [*channels, channels[-1]]
-        self.ups = nn.ModuleList(Upsample(upsampling, a, b) for a, b in zip(widths, widths[1:]))
+        self.ups = nn.ModuleList(Upsample(upsampling, a, b, kernel=upsampling_kernel)
+                                 for a, b in zip(widths, widths[1:]))
         self.norms = nn.ModuleList(nn.Sequential(nn.BatchNorm2d(b), nn.ReLU()) for b in widths[1:])
         self.sizes = sizes[-2::-1]  # the size each stage brings the map back to
         self.out = nn.Sequential(nn.Conv2d(channels[-1], info.input_shape[0], 3, padding=1), PixelOutput(info))

@@ -9,7 +9,7 @@ from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.models.cnn import image_channels
 from dlrun.models.registry import MODELS
-from dlrun.models.upsample import Downsample, Upsample, check_upsampling
+from dlrun.models.upsample import Downsample, Upsample, check_upsampling_geometry
 
 
 def conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
@@ -27,7 +27,8 @@ class UNet(nn.Module):
     """Encoder: conv blocks, each map halved by max-pooling. Decoder: upsample, concatenate the encoder's map of
     the same size (the skip connection: the fine detail pooling lost), conv block. A 1x1 conv scores each class."""
 
-    def __init__(self, in_channels: int, classes: int, channels: list[int], upsampling: str, batch_norm: bool) -> None:
+    def __init__(self, in_channels: int, classes: int, channels: list[int], upsampling: str, batch_norm: bool,
+                 upsampling_kernel: int | None = None) -> None:
         super().__init__()
         unpool = upsampling == "unpool"
         self.encoder = nn.ModuleList()
@@ -39,7 +40,7 @@ class UNet(nn.Module):
         # channels: a 1x1 convolution brings the deeper map down to them first.
         self.narrow = nn.ModuleList(nn.Conv2d(deep, skip, 1) if unpool else nn.Identity()
                                     for deep, skip in zip(channels[1:], channels[:-1]))
-        self.up = nn.ModuleList(Upsample(upsampling, skip if unpool else deep, skip)
+        self.up = nn.ModuleList(Upsample(upsampling, skip if unpool else deep, skip, kernel=upsampling_kernel)
                                 for deep, skip in zip(channels[1:], channels[:-1]))
         self.decoder = nn.ModuleList(conv_block(2 * skip, skip, batch_norm) for skip in channels[:-1])
         self.classify = nn.Conv2d(channels[0], classes, 1)
@@ -61,18 +62,18 @@ class UNet(nn.Module):
 
 @MODELS.register("unet")
 def build_unet(info: DataInfo, out_features: int, channels: list[int] = (16, 32, 64), upsampling: str = "transposed",
-               batch_norm: bool = True) -> nn.Module:
+               batch_norm: bool = True, upsampling_kernel: int | None = None, upsampling_stride: int = 2) -> nn.Module:
     """A U-Net whose levels have `channels` kernels, deepest last; upsampling transposed|nearest|bilinear|unpool."""
     in_channels, height, width = image_channels(info, "unet")
     if info.task != "segmentation":
         raise ConfigError(f"'model=unet' gives every pixel a class: it needs task=segmentation on a dataset with "
                           f"per-pixel masks (dl-run task=segmentation dataset=shapes), but dataset '{info.name}' is "
                           f"{info.task}.", key="model")
-    check_upsampling(upsampling)
+    check_upsampling_geometry(upsampling, upsampling_kernel, upsampling_stride)
     if len(channels) < 2 or any(c < 1 for c in channels):
         raise ConfigError(f"'model.channels={list(channels)}' must list at least two positive widths, one per level, "
                           f"e.g. [16, 32, 64].", key="model.channels")
     if min(height, width) < 2 ** (len(channels) - 1):
         raise ConfigError(f"'model.channels={list(channels)}' halves the {height}x{width} images "
                           f"{len(channels) - 1} times, to nothing: use fewer levels.", key="model.channels")
-    return UNet(in_channels, out_features, list(channels), upsampling, batch_norm)
+    return UNet(in_channels, out_features, list(channels), upsampling, batch_norm, upsampling_kernel)

@@ -13,12 +13,13 @@ from torch import nn
 from dlrun.components.losses import Loss
 from dlrun.data.base import DataInfo
 from dlrun.data.prepare import as_is
+from dlrun.diagnostics.checkerboard import checkerboard_energies
 from dlrun.engine import distributed
 from dlrun.engine.evaluating import evaluating
 from dlrun.errors import ConfigError
 from dlrun.tasks.base import TASKS, Task
 from dlrun.tasks.protocols import Variational, VariationalOutput, unwrapped
-from dlrun.views.generative import reconstruction_view, test_reconstructions
+from dlrun.views.generative import checkerboard_at_start, reconstruction_view, test_reconstructions
 
 
 def inputs_as_targets(task: type[Task], info: DataInfo) -> DataInfo:
@@ -46,11 +47,12 @@ class Reconstruction(Task):
     """
 
     name = "reconstruction"
-    metric_names = ("mse", "psnr", "reconstruction", "kl")  # psnr for images, the ELBO's terms for a VAE
+    # psnr and checkerboard for images, the ELBO's terms for a VAE
+    metric_names = ("mse", "psnr", "checkerboard", "reconstruction", "kl")
     main_metric = "mse"
     higher_is_better = frozenset({"psnr"})
     takes_labels = False
-    epoch_views = (reconstruction_view,)
+    epoch_views = (reconstruction_view, checkerboard_at_start)
     test_views = (test_reconstructions,)
 
     @classmethod
@@ -63,7 +65,7 @@ class Reconstruction(Task):
         self.variational = isinstance(unwrapped(model), Variational) if model is not None else False
         self.images = len(info.input_shape) == 3
         self.input_dim = info.input_dim
-        self.metric_names = (("mse", "psnr") if self.images else ("mse",)) + (
+        self.metric_names = (("mse", "psnr", "checkerboard") if self.images else ("mse",)) + (
             ("reconstruction", "kl") if self.variational else ())
         self.main_metric = "psnr" if self.images else "mse"
         self._sums: torch.Tensor | None = None  # this epoch's sums of the two ELBO terms, and the step count
@@ -98,11 +100,14 @@ class Reconstruction(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, info: DataInfo, batch_size: int,
                  prepare: Callable | None = None, all_ranks: bool = False) -> dict[str, float]:
-        """The loss (the negative ELBO for a VAE), MSE and, for images, PSNR in pixels of 0..1; with all_ranks,
+        """The loss (the negative ELBO for a VAE), MSE and, for images, PSNR in pixels of 0..1 and the checkerboard
+        score of the reconstructions (dlrun.diagnostics.checkerboard); with all_ranks,
         each rank of a torchrun job sums its share of the split and the sums are added up."""
         prepare = prepare or as_is
         unstandardise = getattr(prepare, "unstandardise", as_is)
         names = ("loss", "reconstruction", "kl", "mse") if self.variational else ("loss", "mse")
+        # the checkerboard score's sums (course 3 §3.2), kept as sums so that ranks and batches add up
+        names += ("_periodic", "_energy") if self.images else ()
         totals = dict.fromkeys(names, 0.0)
         with evaluating(model):
             for xb in (distributed.share_of(x) if all_ranks else x).split(batch_size):
@@ -118,12 +123,18 @@ class Reconstruction(Task):
                 values["mse"] = nn.functional.mse_loss(unstandardise(recon), unstandardise(target)).item()
                 for k, v in values.items():
                     totals[k] += v * len(xb)
+                if self.images:
+                    periodic, energy = checkerboard_energies(unstandardise(recon))
+                    totals["_periodic"] += periodic
+                    totals["_energy"] += energy
         if all_ranks:
             totals = dict(zip(names, distributed.sum_over_ranks(torch.tensor(list(totals.values()),
                                                                               dtype=torch.float64)).tolist()))
-        metrics = {k: v / len(x) for k, v in totals.items()}
+        metrics = {k: v / len(x) for k, v in totals.items() if not k.startswith("_")}
         if self.images:  # peak signal-to-noise ratio, pixels in 0..1: 10 log10(1 / MSE)
             metrics["psnr"] = 10 * math.log10(1.0 / max(metrics["mse"], 1e-12))
+            # the share of the reconstructions' variation in a 2x2-periodic pattern (course 3 §3.2)
+            metrics["checkerboard"] = totals["_periodic"] / totals["_energy"] if totals["_energy"] > 0 else 0.0
         return metrics
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlrun.diagnostics.checkerboard import checkerboard_energies
 from dlrun.engine.evaluating import evaluating
 from dlrun.tasks.protocols import Variational, unwrapped
 from dlrun.views import EpochView, ViewInputs, logs
@@ -78,6 +79,30 @@ def reconstruction_view(inputs: ViewInputs, tag: str = "val") -> EpochView | Non
             if isinstance(base, Variational):
                 log_vae_views(base, unstandardise, inputs.logger, step, clean.device)
     return view
+
+
+def checkerboard_at_start(inputs: ViewInputs) -> EpochView | None:
+    """Before the first step of a new run: the untrained model's checkerboard score on the validation images, as
+    step 0 of val/checkerboard (whose later steps the validations log), and its reconstructions at step 0.
+
+    A transposed convolution's outputs carry a 2x2 pattern before any learning (course 3 §3.2); nearest or
+    bilinear upsampling's do not. Training on a pixel loss then has to remove it: the curve shows how fast.
+    """
+    x = inputs.splits.x_val
+    if inputs.first_epoch > 0 or not _images(inputs, x):
+        return None
+    periodic = energy = 0.0
+    with torch.no_grad(), evaluating(inputs.model):
+        for batch in x.split(inputs.eval_batch_size):
+            output = inputs.model(inputs.prepare(batch))
+            output = getattr(output, "reconstruction", output).float().reshape(batch.shape)
+            p, e = checkerboard_energies(_unstandardise(inputs)(output))
+            periodic, energy = periodic + p, energy + e
+    inputs.logger.scalars({"val/checkerboard": periodic / energy if energy > 0 else 0.0}, 0)
+    drawing = reconstruction_view(inputs)
+    if drawing is not None:
+        drawing(inputs.model, 0)
+    return None
 
 
 def test_reconstructions(inputs: ViewInputs, step: int) -> None:
