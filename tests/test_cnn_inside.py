@@ -78,7 +78,7 @@ def test_fixed_kernels_stay_as_given_through_init_and_training_and_grad_cam_read
 
     # three stages on 8x8 digits: 8x8, then 4x4 (the middle one), then 2x2 maps
     cfg = compose_config("dataset=digits", "model=cnn", "model.channels=[4,4,4]", "model.hidden=[16]",
-                         "model.fixed_kernels=[sobel_x,sobel_y]", "init=he_normal", "trainer.epochs=1",
+                         "model.fixed_kernels=[sobel_x,sobel_y]", "init=he_normal", "trainer.max_steps=5",
                          "trainer.progress=false", "trainer.device=cpu", "trainer.threads=1",
                          "logger.gradcam_layer=features.stage2.conv1", "logger.feature_map_layer=features.stage1.conv1")
     run(OmegaConf.create(cfg), tmp_path, [])
