@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dlrun.diagnostics import timing  # first: it notes the seconds the interpreter took before dl-run
+
 import errno
 import math
 import os
@@ -26,6 +28,8 @@ from dlrun.run.arguments import override_key, plain_value, quote_paths, resume_a
 from dlrun.run.run_directory import CANNOT_WRITE
 from dlrun.errors import ConfigError
 from dlrun.engine.signals import Interrupted
+
+timing.CLOCK.since_start_of_module("imports: Hydra, OmegaConf, rich, dl-run's command")
 
 if TYPE_CHECKING:
     from dlrun.run.sweep import SweepJobs
@@ -105,9 +109,18 @@ def _is_search(hydra_cfg: DictConfig) -> bool:
 def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = frozenset()) -> float | None:
     """One run, or one job of a sweep: train it (or its mode), and record how it ended in `sweep`. `found_empty`:
     the folders the user named that existed (empty) before this invocation."""
-    from dlrun.run.sweep import QUIET_KEYS, JobResult
-    from dlrun.run.sweep_resume import SWITCHES
-    from dlrun.run.training import run  # imported here so `dl-run --help` stays fast
+    timing.CLOCK.since_mark("Hydra: compose the config, set up the job")
+    try:
+        return _train_job(cfg, sweep, found_empty)
+    finally:
+        timing.CLOCK.mark()  # in a sweep, Hydra composes the next job's config from here
+
+
+def _train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path]) -> float | None:
+    with timing.phase("imports: torch and the training code"):
+        from dlrun.run.sweep import QUIET_KEYS, JobResult
+        from dlrun.run.sweep_resume import SWITCHES
+        from dlrun.run.training import run  # imported here so `dl-run --help` stays fast
 
     hydra_cfg = HydraConfig.get()
     run_dir = _run_dir(Path(hydra_cfg.runtime.output_dir))
@@ -369,7 +382,8 @@ def main() -> None:
         sys.path.insert(0, os.getcwd())
     os.environ["DLRUN_PID"] = str(os.getpid())
     try:
-        prepared, found_empty = _prepared_arguments(sys.argv[1:])
+        with timing.phase("read the command line, check it"):
+            prepared, found_empty = _prepared_arguments(sys.argv[1:])
         sys.argv = [sys.argv[0], *prepared]
     except ConfigError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -387,6 +401,7 @@ def main() -> None:
         return train_job(cfg, sweep, found_empty)
 
     try:
+        timing.CLOCK.mark()  # Hydra composes the config between here and the job's first line
         train()
     except KeyboardInterrupt:  # before training started (training itself stops cleanly on its own)
         console.print_error("Interrupted before training started; nothing was trained.")

@@ -42,6 +42,7 @@ class PhaseClock:
     def __init__(self) -> None:
         self.phases: dict[str, Phase] = {}
         self._open: list[str] = []
+        self._mark: tuple[float, float] | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -56,6 +57,20 @@ class PhaseClock:
             entry.wall += time.perf_counter() - wall
             entry.cpu += time.process_time() - cpu
             self._open.pop()
+
+    def mark(self) -> None:
+        """Note the time now: `since_mark` turns what follows into a phase (work done inside another library)."""
+        self._mark = (time.perf_counter(), time.process_time())
+
+    def since_mark(self, name: str) -> None:
+        """The seconds since `mark()` as a top-level phase; nothing when no mark is pending."""
+        mark, self._mark = self._mark, None
+        if mark is not None:
+            self.add(name, time.perf_counter() - mark[0], time.process_time() - mark[1])
+
+    def since_start_of_module(self, name: str) -> None:
+        """The seconds since this module was imported, as a top-level phase: the imports that follow it."""
+        self.add(name, time.perf_counter() - _imported[0], time.process_time() - _imported[1])
 
     def add(self, name: str, wall: float, cpu: float) -> None:
         """A phase measured some other way (the time before the clock existed), at the top level."""
@@ -79,10 +94,11 @@ class PhaseClock:
 
 
 CLOCK = PhaseClock()
-# What happened before dl-run's first line ran: the interpreter's start and the imports of the command itself.
+_imported = (time.perf_counter(), time.process_time())
+# What happened before dl-run's first line ran: the interpreter's start and its site packages.
 _before_wall = process_wall_seconds()
 if _before_wall is not None:
-    CLOCK.add("python start-up and imports of the command", _before_wall, time.process_time())
+    CLOCK.add("python start-up", _before_wall, _imported[1])
 
 
 def phase(name: str):

@@ -40,6 +40,10 @@ class TrainerOptions:
     checkpoint_every_n_steps: int | None = None  # also write last.pt mid-epoch, so a kill loses at most N steps
     detect_anomaly: bool = False  # torch's autograd anomaly detection: slow, names the op that made a NaN
     progress: bool = True
+    profile: bool = False  # print where the process's seconds went, phase by phase (issue #21)
+    weight_noise: float = 0.0  # std of the noise on the weights for each training forward pass (course 3 §4.1)
+    gradient_noise: float = 0.0  # std of the noise on the gradients before each step (course 3 §4.1)
+    gradient_noise_decay: float = 0.55  # its variance shrinks as std²/(1 + step)^decay (Neelakantan et al. 2015)
 
     def __post_init__(self) -> None:
         for key, valid, what in _CHECKS:

@@ -22,6 +22,7 @@ from dlrun.components.optim import Schedule
 from dlrun.data.base import DataInfo, Splits
 from dlrun.data.prepare import as_is
 from dlrun.engine import distributed
+from dlrun.diagnostics.timing import phase
 from dlrun.engine.batches import batch_source
 from dlrun.engine.options import TrainerOptions, autocast_for
 from dlrun.engine.resume import TrainState, copy_snapshot, snapshot
@@ -113,7 +114,8 @@ class Trainer:
         self.parts.model.train()
         while self.state.epoch < self.opts.epochs and not self._done():
             self.started = time.perf_counter()
-            train_loss = self.train_epoch()
+            with phase("steps"):
+                train_loss = self.train_epoch()
             if self.end_epoch(train_loss):
                 break
         return self.state
@@ -226,7 +228,8 @@ class Trainer:
         state.epoch += 1
         state.batch, state.order, state.running_loss = 0, None, None
         self._add_train_seconds()
-        epoch_metrics = self._validate_and_log(train_loss)
+        with phase("validation, epoch logging and views"):
+            epoch_metrics = self._validate_and_log(train_loss)
         monitored = epoch_metrics.get(self.opts.monitor)
         parts.schedule.step("epoch", monitored)
         is_best = self._note_best(monitored)
@@ -241,7 +244,8 @@ class Trainer:
             # the next checkpoint: many tiny epochs need not each hit the disk.
             self.best_snapshot = current if saving else copy_snapshot(current)
         if saving:
-            self._save(current)
+            with phase("checkpoints"):
+                self._save(current)
         if self.out.progress is not None:
             self.out.progress.end_epoch(state.epoch, epoch_metrics, is_best)
         if stopping and not finished:

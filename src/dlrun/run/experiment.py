@@ -19,6 +19,7 @@ from dlrun.data.prepare import Prepare
 from dlrun.data.reuse import DatasetCache
 from dlrun.diagnostics.summary import summarize
 from dlrun.engine import distributed
+from dlrun.diagnostics.timing import phase
 from dlrun.engine.determinism import deterministic_twins
 from dlrun.engine.evaluating import evaluating
 from dlrun.engine.memory import check_fits_on_device, keep_freed_memory
@@ -145,16 +146,20 @@ class Experiment:
         self.run_dir = Path(run_dir)
         self.directory = RunDirectory(run_dir)
         self._set_up_machine()
-        self.data = build_data(cfg["dataset"], cfg["seed"], cfg.get("task"), datasets)
+        with phase("data"):
+            self.data = build_data(cfg["dataset"], cfg["seed"], cfg.get("task"), datasets)
         _check_task(cfg.get("task"))
         for warning in self.data.warnings:  # also kept in metrics.json: bad data is never used without a word
             console.print_warning(warning)
         self.info = task_info(cfg.get("task"), self.data.info)  # reconstruction and gan see the inputs only
         self.task_class = task_class(self.info.task)
         self.loss = self.task_class.build_loss(cfg["loss"], self.info, self.data.splits.y_train)
-        self._build_model()
-        self._build_optimization()
-        self._check_fit()
+        with phase("model and initialisation"):
+            self._build_model()
+        with phase("optimizer, augmentation, task"):
+            self._build_optimization()
+        with phase("checks: logger keys, model summary, a first batch"):
+            self._check_fit()
 
     def _set_up_machine(self) -> None:
         """Trainer options, device, CPU threads and seeds: before anything random is drawn."""

@@ -17,6 +17,7 @@ from dlrun.data.reuse import DatasetCache
 from dlrun.diagnostics.curves import Verdict
 from dlrun.diagnostics.gradients import GradientMonitor
 from dlrun.diagnostics.startup import batch_summary
+from dlrun.diagnostics.timing import CLOCK, phase
 from dlrun.engine import distributed
 from dlrun.engine.resume import TrainState, restore
 from dlrun.engine.signals import Interrupted, StopOnSignal
@@ -35,19 +36,27 @@ def run(cfg_node: DictConfig, run_dir: Path, overrides: list[str],
 
     cfg = OmegaConf.to_container(cfg_node, resolve=True)
     started = time.perf_counter()
-    exp = Experiment(cfg, run_dir, datasets)
+    with phase("build the experiment"):
+        exp = Experiment(cfg, run_dir, datasets)
     mode = MODES[cfg["mode"]]
     if mode is not None:
         return mode(exp, overrides)
     training = TrainingRun(exp, cfg_node, overrides, started)
-    training.start_or_resume()
-    training.announce()
+    with phase("start: config tree, model table, start-up check"):
+        training.start_or_resume()
+        training.announce()
     with training.logging():  # open until the report is written: MLflow takes metrics.json and curves.png
-        training.train()
+        with phase("train"):
+            training.train()
         if not distributed.is_main():
             return {"status": "completed", "mode": "train", "rank": distributed.rank()}  # rank 0 scores and reports
-        training.score_best()
-        return training.report()
+        with phase("score the best checkpoint, test views"):
+            training.score_best()
+        with phase("report: results, curves.png, metrics.json"):
+            metrics = training.report()
+    if exp.opts.profile:
+        training.profile()
+    return metrics
 
 
 class TrainingRun:
@@ -152,9 +161,11 @@ class TrainingRun:
             model = self.cfg["model"].get("name") or self.cfg["model"].get("_target_")
             run_info = {"params": hparams_of(self.cfg),
                         "tags": {"dataset": exp.info.name, "model": model, "task": exp.info.task}}
-            self.logger = build_logger(exp.logger_cfg, exp.run_dir, purge_step=state.step + 1 if state else None,
-                                       resume_state=self.logger_state, run_info=run_info,
-                                       main_metric=exp.task.main_metric, overrides=tuple(self.overrides))
+            with phase("open the loggers"):
+                self.logger = build_logger(exp.logger_cfg, exp.run_dir,
+                                           purge_step=state.step + 1 if state else None,
+                                           resume_state=self.logger_state, run_info=run_info,
+                                           main_metric=exp.task.main_metric, overrides=tuple(self.overrides))
         else:
             self.logger = NullLogger()
         every = self.logger.gradients_every_n_steps
@@ -169,9 +180,10 @@ class TrainingRun:
             ended = "KILLED" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "FAILED"
             raise
         finally:
-            if self.monitor is not None:
-                self.monitor.close()
-            close_logger(self.logger, ended)
+            with phase("close the loggers (write out TensorBoard's files)"):
+                if self.monitor is not None:
+                    self.monitor.close()
+                close_logger(self.logger, ended)
 
     def train(self) -> None:
         """Train to the end (or until a signal: then Interrupted); note how the gradients flowed."""
@@ -215,15 +227,18 @@ class TrainingRun:
     def score_best(self) -> None:
         """Test once, after training, on the best checkpoint (course 1 §6); its views and the verdict."""
         exp, state, logger = self.exp, self.state, self.logger
-        saved, self.best_path = self.directory.load_best()
-        exp.model.load_state_dict(saved["model"])
-        self.results = exp.score_every_split()
+        with phase("load best.pt"):
+            saved, self.best_path = self.directory.load_best()
+            exp.model.load_state_dict(saved["model"])
+        with phase("score train, val and test"):
+            self.results = exp.score_every_split()
         final = {f"hparam/{split}/{k}": v for split, values in self.results.items() for k, v in values.items()}
         logger.hparams(hparams_of(self.cfg), final, state.step)
         inputs = exp.view_inputs(logger)
         self.test_views: dict[str, Any] = {}
         for view in exp.task.test_views:
-            self.test_views.update(view(inputs, state.step) or {})
+            with phase(f"test view: {getattr(view, '__name__', type(view).__name__)}"):
+                self.test_views.update(view(inputs, state.step) or {})
         self.verdict: Verdict = exp.task.verdict(state.history, self.chance)  # a GAN says it does not apply
         logger.text("diagnosis/verdict", self.verdict.markdown(), state.step)
 
@@ -243,17 +258,25 @@ class TrainingRun:
         if state.history:
             from dlrun.views import figures
 
-            figures.save(figures.run_curves_figure(state.history, exp.task.main_metric,
-                                                   f"{exp.info.name}: curves {self.verdict.case}"),
-                         self.directory.file("curves.png"))
+            with phase("curves.png"):
+                figures.save(figures.run_curves_figure(state.history, exp.task.main_metric,
+                                                       f"{exp.info.name}: curves {self.verdict.case}"),
+                             self.directory.file("curves.png"))
         metrics = self._metrics(self._overfit_check())
         if reference is not None:
             metrics["least_squares"] = reference
-        self.directory.write_metrics(metrics)
+        with phase("metrics.json"):
+            self.directory.write_metrics(metrics)
         # soft_wrap: a long path stays on one line, so it can be copied whole.
         console.console.print(f"\nRun directory: {exp.run_dir}\nOpen the curves:  tensorboard --logdir {exp.run_dir}",
                               soft_wrap=True)
         return metrics
+
+    def profile(self) -> None:
+        """trainer.profile=true: where this process's seconds went so far, in the terminal and in profile.json."""
+        rows = CLOCK.rows()
+        console.profile_table(rows)
+        self.directory.write_json("profile.json", {"phases": rows})
 
     def _overfit_check(self) -> dict[str, Any] | None:
         """trainer.overfit_batches: did the training loss on those few batches fall near zero?"""

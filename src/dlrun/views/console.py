@@ -166,3 +166,18 @@ def results_table(results: Mapping[str, Mapping[str, float]], title: str = "resu
     for split, values in results.items():
         table.add_row(split, *(_cell(values[m]) if m in values else "" for m in metrics))
     console.print(table)
+
+
+def profile_table(rows: list[Mapping[str, Any]]) -> None:
+    """trainer.profile=true: each phase of the process with its calls, wall and CPU seconds (issue #21)."""
+    whole = rows[-1]["wall"] or sum(r["wall"] for r in rows if r["depth"] == 0)
+    table = Table(title="where the seconds went (trainer.profile=true)", title_justify="left")
+    for name, justify in (("phase", "left"), ("calls", "right"), ("wall s", "right"), ("CPU s", "right"),
+                          ("% of wall", "right")):
+        table.add_column(name, justify=justify, no_wrap=name != "phase")
+    for r in rows:
+        share = f"{100 * r['wall'] / whole:.1f}" if whole and r["wall"] is not None else ""
+        wall = "" if r["wall"] is None else f"{r['wall']:.3f}"
+        table.add_row("  " * r["depth"] + r["phase"], "" if r["calls"] is None else str(r["calls"]), wall,
+                      f"{r['cpu']:.3f}", share)
+    console.print(table)

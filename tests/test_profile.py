@@ -1,0 +1,50 @@
+"""trainer.profile=true: where the seconds of one dl-run command went, phase by phase (issue #21)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import TINY
+from dlrun.diagnostics.timing import PhaseClock
+
+
+def test_profile_table_and_file_account_for_the_whole_process(dl_run):
+    result = dl_run(*TINY, "trainer.profile=true", script=True)  # the installed script: its own start-up counts
+    assert result.code == 0, result.output
+    assert "where the seconds went (trainer.profile=true)" in result.stdout
+    (run_dir,) = result.run_dirs()
+    rows = {row["phase"]: row for row in json.loads((run_dir / "profile.json").read_text())["phases"]}
+    for name in ("python start-up", "Hydra: compose the config, set up the job", "imports: torch and the training code",
+                 "build the experiment", "data", "train", "steps", "validation, epoch logging and views",
+                 "checkpoints", "score train, val and test", "test view: confusion_matrix_view", "curves.png",
+                 "metrics.json", "close the loggers (write out TensorBoard's files)"):
+        assert name in rows, f"{name} missing from {sorted(rows)}"
+    assert rows["steps"]["calls"] == 3 and rows["checkpoints"]["calls"] == 3  # trainer.epochs=3, one a epoch
+    assert rows["train"]["depth"] == 0 and rows["steps"]["depth"] == 1
+    assert rows["steps"]["wall"] <= rows["train"]["wall"]
+    whole = rows["whole process so far"]
+    top_level = [r for r in rows.values() if r["depth"] == 0 and r["calls"] is not None]
+    # The phases cover the process: what lies between them is a small share of it, never negative.
+    assert -0.01 <= rows["other (between the phases above)"]["wall"] <= 0.1 * whole["wall"]
+    assert abs(sum(r["wall"] for r in top_level) + rows["other (between the phases above)"]["wall"]
+               - whole["wall"]) < 1e-6
+    assert 0 < whole["cpu"] and rows["imports: torch and the training code"]["cpu"] > 0
+
+
+def test_without_the_key_nothing_is_printed_or_written(dl_run):
+    result = dl_run(*TINY)
+    assert result.code == 0, result.output
+    assert "where the seconds went" not in result.stdout
+    assert not (result.run_dirs()[0] / "profile.json").exists()
+
+
+def test_nested_and_repeated_phases_add_up():
+    clock = PhaseClock()
+    for _ in range(3):
+        with clock.phase("epoch"):
+            with clock.phase("step"):
+                time.sleep(0.01)
+    epoch, step = clock.phases["epoch"], clock.phases["step"]
+    assert (epoch.calls, step.calls, epoch.depth, step.depth) == (3, 3, 0, 1)
+    assert 0.03 <= step.wall <= epoch.wall
