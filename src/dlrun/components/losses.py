@@ -26,9 +26,12 @@ class Loss:
     binary: bool = False  # one output scored against a 0/1 target
     class_dim: int = 1  # the output's class axis: 1 for (batch, classes), -1 for (batch, steps, tokens)
     chance: Callable[[torch.Tensor], float] | None = None  # the loss of a model that learned nothing, if not the usual
+    # loss.check=false: a regression loss on class indices, scored as numbers; the predicted class is the rounded output
+    classes_as_values: int | None = None  # the number of classes then
+    warning: str | None = None  # loss.check=false: why this loss does not fit the task (printed, kept in metrics.json)
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.binary:
+        if self.binary or self.classes_as_values:
             target = target.to(output.dtype).unsqueeze(1)
         if isinstance(self.module, nn.BCELoss):
             # CUDA's autocast refuses binary_cross_entropy on probabilities, whatever their dtype (its log is unsafe
@@ -49,6 +52,8 @@ class Loss:
         if self.binary:
             threshold = 0.5 if self.output_activation == "sigmoid" else 0.0
             return (output.squeeze(1) > threshold).long()
+        if self.classes_as_values:  # the nearest class index to the regressed number
+            return output.squeeze(1).round().clamp(0, self.classes_as_values - 1).long()
         return output.argmax(dim=self.class_dim)
 
 
@@ -61,43 +66,74 @@ def per_pixel_rows(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
     return output.movedim(1, -1).reshape(-1, output.shape[1]), target.reshape(-1)
 
 
-def _regression(name: str, info: DataInfo) -> None:
+# course 2 §4.1: "the best architecture + the best optimizer + the wrong loss = FAIL"; the opt-in lets it be watched.
+_OPT_IN = " To train with it anyway and watch it fail (course 2 §4.1), add loss.check=false."
+
+
+def _cannot_run(message: str, check: bool, why: str) -> ConfigError:
+    """A pairing that cannot even train: with loss.check=false, the refusal says why the opt-in does not help."""
+    if not check:
+        message += f" loss.check=false cannot make it train: {why}"
+    return ConfigError(message, key="loss")
+
+
+def _regression(name: str, info: DataInfo, check: bool = True) -> str | None:
+    """None where a regression loss fits the task; with loss.check=false on class indices, the warning."""
+    if info.task in ("regression", "reconstruction"):  # an autoencoder regresses its input
+        return None
     if info.task == "seq2seq":
-        _refuse_seq2seq(name, info)
+        _refuse_seq2seq(name, info, check)
     if info.task == "detection":
-        raise ConfigError(f"'loss={name}' is a regression loss, but dataset '{info.name}' is detection: use "
-                          f"loss=yolo (or auto), which scores boxes, objectness and classes.", key="loss")
-    if info.task not in ("regression", "reconstruction"):  # an autoencoder regresses its input
-        raise ConfigError(
-            f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
-            f"{info.num_classes} classes. Use loss=cross_entropy (or nll; bce/bce_with_logits for two classes).",
-            key="loss",
-        )
+        raise _cannot_run(f"'loss={name}' is a regression loss, but dataset '{info.name}' is detection: use "
+                          f"loss=yolo (or auto), which scores boxes, objectness and classes.", check,
+                          "its targets are boxes, which a regression loss cannot read.")
+    message = (f"'loss={name}' is a regression loss, but dataset '{info.name}' is {info.task} with "
+               f"{info.num_classes} classes. Use loss=cross_entropy (or nll; bce/bce_with_logits for two classes).")
+    if info.task != "classification":
+        raise _cannot_run(message, check, "the model gives one score per class and pixel, not one number.")
+    if check:
+        raise ConfigError(message + _OPT_IN, key="loss")
+    return (f"loss.check=false: 'loss={name}' is a regression loss, but dataset '{info.name}' is classification "
+            f"with {info.num_classes} classes. The model gives one number, scored against the class index as if "
+            f"classes were ordered values; its predicted class is the nearest index. Expect it to fail "
+            f"(course 2 §4.1); loss=cross_entropy is the loss for this task.")
 
 
-def _refuse_seq2seq(name: str, info: DataInfo) -> None:
-    raise ConfigError(f"'loss={name}' does not score sequences of tokens, and dataset '{info.name}' is seq2seq: "
-                      f"use loss=cross_entropy (or auto), one class per token.", key="loss")
+def _regression_loss(module: nn.Module, name: str, info: DataInfo, check: bool) -> Loss:
+    """The regression loss for the task, or (loss.check=false, a classification task) scoring class indices as
+    numbers."""
+    warning = _regression(name, info, check)
+    if warning is None:
+        return Loss(module, name, info.target_dim)
+
+    def chance(targets: torch.Tensor) -> float:  # the best constant: the mean class index
+        values = targets.float().unsqueeze(1)
+        return float(module(values.mean().expand_as(values), values))
+    return Loss(module, name, 1, classes_as_values=info.num_classes, warning=warning, chance=chance)
 
 
-def _classification(name: str, info: DataInfo, binary: bool) -> None:
+def _refuse_seq2seq(name: str, info: DataInfo, check: bool = True) -> None:
+    raise _cannot_run(f"'loss={name}' does not score sequences of tokens, and dataset '{info.name}' is seq2seq: use "
+                      f"loss=cross_entropy (or auto), one class per token.", check,
+                      "the model gives one score per token and step.")
+
+
+def _classification(name: str, info: DataInfo, binary: bool, check: bool = True) -> None:
     if info.task == "seq2seq" and (binary or name == "nll"):
-        _refuse_seq2seq(name, info)
+        _refuse_seq2seq(name, info, check)
     if info.task == "detection":
-        raise ConfigError(f"'loss={name}' scores one class per sample, but dataset '{info.name}' is detection "
-                          f"(boxes): use loss=yolo (or auto).", key="loss")
+        raise _cannot_run(f"'loss={name}' scores one class per sample, but dataset '{info.name}' is detection "
+                          f"(boxes): use loss=yolo (or auto).", check, "its targets are boxes, not classes.")
     if info.task not in ("classification", "seq2seq", "segmentation"):
-        raise ConfigError(
+        raise _cannot_run(
             f"'loss={name}' is a classification loss, but dataset '{info.name}' is {info.task} "
-            f"(real-valued targets). Use loss=mse, mae, huber or msle.",
-            key="loss",
-        )
+            f"(real-valued targets). Use loss=mse, mae, huber or msle.", check,
+            "it needs class indices (or 0/1 labels) as targets, and these are real numbers.")
     if binary and info.num_classes != 2:
-        raise ConfigError(
+        raise _cannot_run(
             f"'loss={name}' scores one yes/no output, but dataset '{info.name}' has {info.num_classes} classes. "
-            f"Use loss=cross_entropy (or nll) for more than two classes.",
-            key="loss",
-        )
+            f"Use loss=cross_entropy (or nll) for more than two classes.", check,
+            "it needs 0/1 targets, and class indices above 1 are not probabilities.")
 
 
 class MSLELoss(nn.Module):
@@ -137,28 +173,25 @@ class TokenCrossEntropy(nn.Module):
 
 
 @LOSSES.register("mse")
-def build_mse(info: DataInfo) -> Loss:
-    _regression("mse", info)
-    return Loss(nn.MSELoss(), "mse", info.target_dim)
+def build_mse(info: DataInfo, check: bool = True) -> Loss:
+    return _regression_loss(nn.MSELoss(), "mse", info, check)
 
 
 @LOSSES.register("mae")
-def build_mae(info: DataInfo) -> Loss:
-    _regression("mae", info)
-    return Loss(nn.L1Loss(), "mae", info.target_dim)
+def build_mae(info: DataInfo, check: bool = True) -> Loss:
+    return _regression_loss(nn.L1Loss(), "mae", info, check)
 
 
 @LOSSES.register("huber")
-def build_huber(info: DataInfo, delta: float = 1.0) -> Loss:
-    _regression("huber", info)
+def build_huber(info: DataInfo, delta: float = 1.0, check: bool = True) -> Loss:
     if delta <= 0:
         raise ConfigError(f"'loss.delta={delta}' must be positive.", key="loss.delta")
-    return Loss(nn.HuberLoss(delta=delta), "huber", info.target_dim)
+    return _regression_loss(nn.HuberLoss(delta=delta), "huber", info, check)
 
 
 @LOSSES.register("msle")
-def build_msle(info: DataInfo, train_targets: torch.Tensor | None = None) -> Loss:
-    _regression("msle", info)
+def build_msle(info: DataInfo, train_targets: torch.Tensor | None = None, check: bool = True) -> Loss:
+    _regression("msle", info, check)
     module = MSLELoss(info.target_mean, info.target_std)
     if train_targets is not None:
         original = train_targets.cpu() * module.std + module.mean
@@ -167,27 +200,27 @@ def build_msle(info: DataInfo, train_targets: torch.Tensor | None = None) -> Los
                 f"'loss=msle' needs non-negative targets (it takes their logarithm), but dataset '{info.name}' has "
                 f"negative ones (min {float(original.min()):.3g}). Use loss=mse, mae or huber.", key="loss",
             )
-    return Loss(module, "msle", info.target_dim)
+    return _regression_loss(module, "msle", info, check)
 
 
 @LOSSES.register("bce")
-def build_bce(info: DataInfo) -> Loss:
+def build_bce(info: DataInfo, check: bool = True) -> Loss:
     """Binary cross-entropy on probabilities: the model ends with a sigmoid."""
-    _classification("bce", info, binary=True)
+    _classification("bce", info, binary=True, check=check)
     return Loss(nn.BCELoss(), "bce", 1, output_activation="sigmoid", binary=True)
 
 
 @LOSSES.register("bce_with_logits")
-def build_bce_with_logits(info: DataInfo) -> Loss:
+def build_bce_with_logits(info: DataInfo, check: bool = True) -> Loss:
     """Binary cross-entropy on raw scores: the sigmoid is folded into the loss, numerically safer."""
-    _classification("bce_with_logits", info, binary=True)
+    _classification("bce_with_logits", info, binary=True, check=check)
     return Loss(nn.BCEWithLogitsLoss(), "bce_with_logits", 1, binary=True)
 
 
 @LOSSES.register("cross_entropy")
-def build_cross_entropy(info: DataInfo, label_smoothing: float = 0.0) -> Loss:
+def build_cross_entropy(info: DataInfo, label_smoothing: float = 0.0, check: bool = True) -> Loss:
     """Softmax + negative log-likelihood on class indices (the one-hot target is implicit)."""
-    _classification("cross_entropy", info, binary=False)
+    _classification("cross_entropy", info, binary=False, check=check)
     if info.task == "seq2seq":
         return Loss(TokenCrossEntropy(info.sequence.pad_token, label_smoothing), "cross_entropy",
                     info.sequence.vocab_size, class_dim=-1)
@@ -195,18 +228,19 @@ def build_cross_entropy(info: DataInfo, label_smoothing: float = 0.0) -> Loss:
 
 
 @LOSSES.register("nll")
-def build_nll(info: DataInfo) -> Loss:
+def build_nll(info: DataInfo, check: bool = True) -> Loss:
     """Negative log-likelihood: the model ends with log-softmax."""
-    _classification("nll", info, binary=False)
+    _classification("nll", info, binary=False, check=check)
     return Loss(nn.NLLLoss(), "nll", info.num_classes, output_activation="log_softmax")
 
 
 @LOSSES.register("yolo")
-def build_yolo(info: DataInfo, lambda_coord: float = 5.0, lambda_noobj: float = 0.5) -> Loss:
+def build_yolo(info: DataInfo, lambda_coord: float = 5.0, lambda_noobj: float = 0.5, check: bool = True) -> Loss:
     """YOLO's detection loss: box (with sqrt of width and height), objectness and class terms (course 3 §5.1)."""
     if info.task != "detection":
-        raise ConfigError(f"'loss=yolo' scores boxes, but dataset '{info.name}' is {info.task}: use it with "
-                          f"task=detection on a dataset with boxes (dataset=shapes).", key="loss")
+        raise _cannot_run(f"'loss=yolo' scores boxes, but dataset '{info.name}' is {info.task}: use it with "
+                          f"task=detection on a dataset with boxes (dataset=shapes).", check,
+                          "it reads boxes from the targets, and these have none.")
     for key, value in (("lambda_coord", lambda_coord), ("lambda_noobj", lambda_noobj)):
         if value < 0:
             raise ConfigError(f"'loss.{key}={value}' must be 0 or more.", key=f"loss.{key}")

@@ -114,6 +114,7 @@ class Dataset:
     splits: Splits
     info: DataInfo
     warnings: list[str] = field(default_factory=list)
+    outliers: dict | None = None  # training targets corrupted on purpose (dataset.outliers): rows, of, fraction, scale
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:

@@ -21,7 +21,10 @@ def initial_loss_check(model: nn.Module, loss: Loss, x: torch.Tensor, y: torch.T
     """
     with evaluating(model):
         value = float(loss(model(x).float(), y))
-    reference = f"ln({num_classes}) = {math.log(num_classes):.3f}" if num_classes else f"{chance:.4g}"
+    # ln(classes) is a class-score loss's reference; a loss with its own chance level (a regression loss on class
+    # indices, loss.check=false; YOLO's) is compared with that.
+    reference = f"ln({num_classes}) = {math.log(num_classes):.3f}" if num_classes and loss.chance is None \
+        else f"{chance:.4g}"
     if not math.isfinite(value):
         return value, f"The initial loss is {value}: the untrained model already produces non-finite outputs."
     if value > 3 * chance + 0.1:

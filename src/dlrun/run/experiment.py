@@ -15,11 +15,12 @@ from dlrun.components.losses import output_layer
 from dlrun.components.optim import OPTIMIZERS, SCHEDULERS, add_l1
 from dlrun.data import DATASETS, Splits
 from dlrun.data.base import Dataset, keep_subset
+from dlrun.data.outliers import add_outliers, check_outliers
 from dlrun.data.prepare import Prepare
 from dlrun.data.reuse import DatasetCache
 from dlrun.diagnostics.summary import summarize
-from dlrun.engine import distributed
 from dlrun.diagnostics.timing import phase
+from dlrun.engine import distributed
 from dlrun.engine.determinism import deterministic_twins
 from dlrun.engine.evaluating import evaluating
 from dlrun.engine.memory import check_fits_on_device, keep_freed_memory
@@ -126,15 +127,18 @@ def hparams_of(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def build_data(dataset_cfg: dict[str, Any], seed: int, task: str | None = None,
                cache: DatasetCache | None = None) -> Dataset:
-    """The dataset, with the class subset and training fraction that every dataset takes (course 3 §4.2)."""
+    """The dataset, with the class subset and training fraction that every dataset takes (course 3 §4.2), and the
+    outliers a regression dataset's training targets may be given on purpose (course 2 §4.1)."""
     cfg = dict(dataset_cfg)
     classes, fraction = cfg.pop("classes", None), cfg.pop("train_fraction", 1.0)
+    outliers, outlier_scale = cfg.pop("outliers", 0.0), cfg.pop("outlier_scale", 10.0)
+    check_outliers(outliers, outlier_scale)  # before the dataset is loaded
     # A dataset that can serve several tasks (shapes: classes, masks or boxes) declares a `task` argument.
     # In a sweep the previous job's dataset is reused when its settings, seed and task are the same.
     # An unset top-level task must not hide dataset.task (dataset=csv dataset.task=regression).
     build = lambda: DATASETS.build(cfg, seed=seed, **({} if task is None else {"task": task}))  # noqa: E731
     dataset = cache.build([cfg, seed, task], build) if cache is not None else build()
-    return keep_subset(dataset, classes, fraction, seed)
+    return add_outliers(keep_subset(dataset, classes, fraction, seed), outliers, outlier_scale, seed)
 
 
 class Experiment:
@@ -154,6 +158,8 @@ class Experiment:
         self.info = task_info(cfg.get("task"), self.data.info)  # reconstruction and gan see the inputs only
         self.task_class = task_class(self.info.task)
         self.loss = self.task_class.build_loss(cfg["loss"], self.info, self.data.splits.y_train)
+        if self.loss.warning:  # loss.check=false: kept in metrics.json too, a wrong loss is never used without a word
+            console.print_warning(self.loss.warning)
         with phase("model and initialisation"):
             self._build_model()
         with phase("optimizer, augmentation, task"):

@@ -322,6 +322,8 @@ class TrainingRun:
             "overrides": trained_with(self.overrides),
             "history": state.history,
             "data_warnings": exp.data.warnings,
+            "training_outliers": exp.data.outliers,  # dataset.outliers: training rows corrupted on purpose, or null
+            "loss_warning": exp.loss.warning,  # loss.check=false: the loss does not fit the task, trained anyway
             **self.test_views,  # what the task's test views measured (test_per_class_accuracy, ...)
         }
 
