@@ -57,12 +57,12 @@ def build_patterns(
 @DATASETS.register("digits_rows")
 def build_digits_rows(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's 8x8 digits read row by row: 8 steps of 8 pixels (the classic recurrent-network demo)."""
-    import sklearn.datasets
+    from dlrun.data.tabular import digits_arrays
 
-    bunch = sklearn.datasets.load_digits()
-    data = split_arrays(bunch.data / 16.0, bunch.target, task="classification", val_fraction=val_fraction,
+    pixels, labels = digits_arrays()
+    data = split_arrays(pixels / 16.0, labels, task="classification", val_fraction=val_fraction,
                         test_fraction=test_fraction, seed=seed, standardize=False, name="digits_rows",
-                        class_names=[str(c) for c in bunch.target_names], input_shape=(8, 8))
+                        class_names=[str(c) for c in range(10)], input_shape=(8, 8))
     data.info.sequence = SequenceInfo(length=8, features=8)
     return data
 

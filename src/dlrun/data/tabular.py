@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import math
 import re
@@ -59,17 +60,33 @@ def build_diabetes(seed: int = 0, val_fraction: float = 0.15, test_fraction: flo
                     standardize_target)
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits: (pixels 0..16, one row of 64 per image; labels 0..9).
+
+    Read from the file scikit-learn ships them in (datasets/data/digits.csv.gz, 64 pixel columns then the label,
+    as its load_digits reads it) without importing scikit-learn: its import (with SciPy's) costs ~20 times the
+    reading, and the default experiment would pay it every run (issue #21). Where that file is not found (another
+    scikit-learn layout), load_digits itself.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    shipped = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if shipped is not None and shipped.is_file():
+        table = np.loadtxt(shipped, delimiter=",")
+        return table[:, :-1], table[:, -1].astype(np.int64)
+    import sklearn.datasets
+
+    bunch = sklearn.datasets.load_digits()
+    return bunch.data, bunch.target
+
+
 @DATASETS.register("digits")
 def build_digits(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2,
                  standardize: bool = False) -> Dataset:
     """scikit-learn's 1,797 handwritten digits, 8x8 grey images, 10 classes; shipped with the install."""
-    import sklearn.datasets
-
-    bunch = sklearn.datasets.load_digits()
-    pixels = bunch.data / 16.0  # pixel values are 0..16: scale to 0..1
-    return split_arrays(pixels, bunch.target, task="classification", val_fraction=val_fraction,
+    pixels, labels = digits_arrays()
+    return split_arrays(pixels / 16.0, labels, task="classification", val_fraction=val_fraction,  # 0..16 to 0..1
                         test_fraction=test_fraction, seed=seed, standardize=standardize, name="digits",
-                        class_names=[str(c) for c in bunch.target_names], input_shape=(1, 8, 8))
+                        class_names=[str(c) for c in range(10)], input_shape=(1, 8, 8))
 
 
 # ---- the user's CSV file ---------------------------------------------------------------------------------------

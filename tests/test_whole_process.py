@@ -1,4 +1,5 @@
-"""trainer.profile=true: where the seconds of one dl-run command went, phase by phase (issue #21)."""
+"""The whole command, not only its loop (issue #21): trainer.profile=true says where the seconds went, and what
+surrounds the training costs no more than it must."""
 
 from __future__ import annotations
 
@@ -48,3 +49,23 @@ def test_nested_and_repeated_phases_add_up():
     epoch, step = clock.phases["epoch"], clock.phases["step"]
     assert (epoch.calls, step.calls, epoch.depth, step.depth) == (3, 3, 0, 1)
     assert 0.03 <= step.wall <= epoch.wall
+
+
+def test_digits_are_scikit_learns_without_importing_it():
+    # The default experiment's data, read from the file scikit-learn ships, equals load_digits(); in a fresh process
+    # neither scikit-learn nor SciPy is imported for it (their import cost more than the whole training).
+    import subprocess
+    import sys
+
+    import numpy as np
+    import sklearn.datasets
+
+    from dlrun.data.tabular import digits_arrays
+
+    pixels, labels = digits_arrays()
+    bunch = sklearn.datasets.load_digits()
+    assert np.array_equal(pixels, bunch.data) and np.array_equal(labels, bunch.target)
+    probe = ("import sys; from dlrun.data.tabular import build_digits; build_digits(); "
+             "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
