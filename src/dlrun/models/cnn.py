@@ -17,6 +17,7 @@ from dlrun.errors import ConfigError
 from dlrun.models.fixed_kernels import fixed_kernel_weights, freeze_kernels
 from dlrun.models.flatten import Flatten
 from dlrun.models.geometry import conv_output_size, formula_text
+from dlrun.models.mlp import dense_norm, norm_choice
 from dlrun.models.registry import MODELS
 from dlrun.models.sequence import SEQUENCE_MODELS
 
@@ -113,7 +114,7 @@ class ConvSettings(NamedTuple):
     dilation: int
     pool: str
     pool_size: int
-    batch_norm: bool
+    norm: str  # none, batch or layer
     dropout2d: float
     inputs: str  # the dataset's inputs in words, for the error that refuses a geometry
 
@@ -148,9 +149,11 @@ def _conv_stage(s: int, widths: list[int], in_channels: int, size: tuple[int, ..
                 conv.padding, conv.dilation, f"Use a smaller model.kernel_size, more model.padding, a smaller stride "
                                              f"or dilation, or fewer stages; {conv.inputs}.")
         layers.append((f"conv{c}", conv.layers.conv(in_channels, kernels * factor, conv.kernel_size, conv.stride,
-                                                    conv.padding, conv.dilation, bias=not conv.batch_norm)))
-        if conv.batch_norm:
+                                                    conv.padding, conv.dilation, bias=conv.norm == "none")))
+        if conv.norm == "batch":
             layers.append((f"bn{c}", conv.layers.batch_norm(kernels * factor)))
+        elif conv.norm == "layer":  # layer norm of a feature map: each sample over all its channels and positions
+            layers.append((f"ln{c}", nn.GroupNorm(1, kernels * factor)))
         layers.append((f"act{c}", act()))
         in_channels, size = kernels, out
     if conv.pool != "none":
@@ -167,14 +170,13 @@ def _conv_stage(s: int, widths: list[int], in_channels: int, size: tuple[int, ..
     return nn.Sequential(OrderedDict(layers)), in_channels, size
 
 
-def _head(features: int, hidden: list[int], batch_norm: bool, dropout: float, act: Callable[[], nn.Module],
+def _head(features: int, hidden: list[int], norm: str, dropout: float, act: Callable[[], nn.Module],
           factor: int) -> list[tuple[str, nn.Module]]:
-    """[FC -> (BN) -> ACT -> (DROPOUT)]*K, flattened input first, without the output layer."""
+    """[FC -> (BN or LN) -> ACT -> (DROPOUT)]*K, flattened input first, without the output layer."""
     head: list[tuple[str, nn.Module]] = [("flatten", Flatten())]
     for k, h in enumerate(hidden, start=1):
         head.append((f"fc{k}", nn.Linear(features, h * factor)))
-        if batch_norm:
-            head.append((f"bn{k}", nn.BatchNorm1d(h * factor)))
+        head += [(f"{norm[0]}n{k}", layer) for layer in dense_norm(norm, h * factor)]
         head.append((f"act{k}", act()))
         if dropout > 0:
             head.append((f"dropout{k}", nn.Dropout(dropout)))
@@ -219,11 +221,13 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
     dropout: float = 0.0,
     dropout2d: float = 0.0,
     global_pool: bool = False,
+    norm: str = "none",
     fixed_kernels: list | str | None = None,
 ) -> nn.Module:
-    """INPUT -> [[CONV -> (BN) -> ACT]*N -> POOL? -> (DROPOUT2D)]*M -> [FC -> ACT -> (DROPOUT)]*K -> FC: 2-D over
+    """INPUT -> [[CONV -> (BN or LN) -> ACT]*N -> POOL? -> (DROPOUT2D)]*M -> [FC -> ACT -> (DROPOUT)]*K -> FC: 2-D over
     images, 1-D over series (steps x features, the features as input channels), with the same keys."""
     in_channels, size = conv_input(info, "cnn")
+    norm = norm_choice(norm, batch_norm)
     _check_cnn_keys(channels, hidden, pool, {"dropout": dropout, "dropout2d": dropout2d}, global_pool, {
         "kernel_size": (kernel_size, 1, "at least 1"), "stride": (stride, 1, "at least 1"),
         "padding": (padding, 0, "0 or more"), "dilation": (dilation, 1, "at least 1"),
@@ -235,7 +239,7 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
         return make_activation(activation, negative_slope, pieces)
 
     layers = LAYERS_1D if len(size) == 1 else LAYERS_2D
-    conv = ConvSettings(layers, kernel_size, stride, padding, dilation, pool, pool_size, batch_norm, dropout2d,
+    conv = ConvSettings(layers, kernel_size, stride, padding, dilation, pool, pool_size, norm, dropout2d,
                         _inputs_text(in_channels, size))
     widths_per_stage = _stages(channels, convs_per_stage)
     fixed = _fixed_first_conv(fixed_kernels, in_channels, size, kernel_size, activation, widths_per_stage)
@@ -246,7 +250,7 @@ def build_cnn(  # noqa: PLR0913 - a registered builder: its parameters are the c
     # global pooling: one number per feature map, so the head no longer depends on the image size or series length
     head = [("global_pool", layers.global_pool(1))] if global_pool else []
     features = in_channels if global_pool else in_channels * math.prod(size)
-    head += _head(features, hidden, batch_norm, dropout, act, factor)
+    head += _head(features, hidden, norm, dropout, act, factor)
     head.append(("out", nn.Linear(hidden[-1] if hidden else features, out_features)))
     parts = [("features", nn.Sequential(OrderedDict(stages))), ("head", nn.Sequential(OrderedDict(head)))]
     if len(size) == 1:  # a series comes as (batch, steps, features)

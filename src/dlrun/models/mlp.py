@@ -12,9 +12,32 @@ from dlrun.errors import ConfigError
 from dlrun.models.registry import MODELS
 from dlrun.models.sequence import refuse_tokens
 
+NORMS = ("none", "batch", "layer")
+
+
+def norm_choice(norm: str, batch_norm: bool) -> str:
+    """model.norm, with model.batch_norm=true (the older spelling) read as norm=batch; a clash is refused."""
+    if norm not in NORMS:
+        raise ConfigError(f"'model.norm={norm}' is not a normalisation dl-run knows; valid: {', '.join(NORMS)} "
+                          f"(batch: over the batch, course 2 §3.3; layer: over each sample's own units).",
+                          key="model.norm")
+    if batch_norm and norm == "layer":
+        raise ConfigError("'model.batch_norm=true' and 'model.norm=layer' ask for two normalisations: give one, "
+                          "model.norm=batch or model.norm=layer (model.batch_norm=true is the older spelling of "
+                          "model.norm=batch).", key="model.norm")
+    return "batch" if batch_norm else norm
+
+
+def dense_norm(norm: str, width: int) -> list[nn.Module]:
+    """The normalisation after a fully-connected layer: batch norm standardises each unit over the batch (course 2
+    §3.3); layer norm each sample over its own units (Ba et al. 2016), so it needs no batch and no running means."""
+    if norm == "batch":
+        return [nn.BatchNorm1d(width)]
+    return [nn.LayerNorm(width)] if norm == "layer" else []
+
 
 @MODELS.register("mlp")
-def build_mlp(
+def build_mlp(  # noqa: PLR0913 - a registered builder: its parameters are the config's keys
     info: DataInfo,
     out_features: int,
     hidden: list[int] = (128, 64),
@@ -25,9 +48,11 @@ def build_mlp(
     dropout: float = 0.0,
     output_bias: bool = True,
     alpha: float = 1.0,
+    norm: str = "none",
 ) -> nn.Module:
-    """INPUT -> [FC -> (BN) -> ACT -> (DROPOUT)] * len(hidden) -> FC."""
+    """INPUT -> [FC -> (BN or LN) -> ACT -> (DROPOUT)] * len(hidden) -> FC."""
     refuse_tokens(info, "mlp")
+    norm = norm_choice(norm, batch_norm)
     if any(h < 1 for h in hidden):
         raise ConfigError(f"'model.hidden={list(hidden)}' must list positive layer widths, e.g. [128, 64].",
                           key="model.hidden")
@@ -46,8 +71,7 @@ def build_mlp(
     width = info.input_dim
     for h in hidden:
         layers.append(nn.Linear(width, h * factor))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h * factor))
+        layers += dense_norm(norm, h * factor)
         layers.append(ACTIVATIONS.build({"name": activation, **act_kwargs}, key="model.activation"))
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
