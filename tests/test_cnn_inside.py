@@ -139,3 +139,15 @@ def test_the_course_example_is_the_same_by_hand_by_pytorch_and_as_the_courses_ma
         [0, 0, 0, 0, 3, 2, 0, 5, 1]]
     assert script["main"](["--kernel", "sobel_x"]) == 0
     assert "U v(x) = (-1 -1 -1 -1)ᵀ" in capsys.readouterr().out  # the step image's edge, as the CNN's first layer sees it
+
+
+def test_the_layers_of_an_unnamed_sequential_are_named_by_their_number():
+    from torch import nn
+
+    from dlrun.run.experiment import view_layers
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))
+    assert view_layers(model, {"gradcam_layer": 0, "tensorboard": {}}) == {"gradcam_layer": "0",
+                                                                          "feature_map_layer": None}
+    with pytest.raises(ConfigError, match=r"'logger.feature_map_layer=1' is not a convolution.*valid names .*: 0, 2\."):
+        view_layers(model, {"feature_map_layer": 1, "tensorboard": {}})

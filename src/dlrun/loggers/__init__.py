@@ -28,8 +28,8 @@ BUILD_EXTRAS = ("run_dir", "purge_step", "resume_state", "run_info", "main_metri
 
 
 def shared_keys(log_every_n_steps: int = 10, gradients_every_n_steps: int = 100, histograms: bool = True,
-                figures: bool = True, gradcam_every_n_epochs: int = 0, gradcam_layer: str | None = None,
-                feature_map_layer: str | None = None) -> dict[str, Any]:
+                figures: bool = True, gradcam_every_n_epochs: int = 0, gradcam_layer: str | int | None = None,
+                feature_map_layer: str | int | None = None) -> dict[str, Any]:
     """The logger keys every backend shares, checked: they mean the same whichever backends log."""
     for key, value, least, meaning in (("log_every_n_steps", log_every_n_steps, 1, "at least 1"),
                                        ("gradients_every_n_steps", gradients_every_n_steps, 0, "0 (off) or positive"),
@@ -40,7 +40,12 @@ def shared_keys(log_every_n_steps: int = 10, gradients_every_n_steps: int = 100,
     return {"log_every_n_steps": log_every_n_steps, "gradients_every_n_steps": gradients_every_n_steps,
             "histograms": histograms, "figures": figures, "gradcam_every_n_epochs": gradcam_every_n_epochs,
             # the CNN views' layers, by name: checked against the model by the Experiment, read by the views
-            "gradcam_layer": gradcam_layer, "feature_map_layer": feature_map_layer}
+            # (an unnamed nn.Sequential's layers are called 0, 1, ...: the command line reads those as numbers)
+            "gradcam_layer": _name(gradcam_layer), "feature_map_layer": _name(feature_map_layer)}
+
+
+def _name(layer: str | int | None) -> str | None:
+    return None if layer is None else str(layer)
 
 
 def split_config(logger_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
