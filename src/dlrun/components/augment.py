@@ -60,6 +60,25 @@ class Rotate:
         return f"Rotate(degrees={self.degrees})"
 
 
+class Scale:
+    """Zoom each image in or out about its centre by its own factor in [low, high]: above 1 it grows and its edges
+    are cut off, below 1 it shrinks inside a black border; the batch keeps its size."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        factor = torch.empty(len(x), device=x.device).uniform_(self.low, self.high)
+        # affine_grid maps each output pixel to where it samples the input: 1/factor of the way from the centre.
+        inverse, zero = 1.0 / factor, torch.zeros_like(factor)
+        theta = torch.stack([torch.stack([inverse, zero, zero], 1), torch.stack([zero, inverse, zero], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def __repr__(self) -> str:
+        return f"Scale(low={self.low}, high={self.high})"
+
+
 class Crop:
     """Pad each image by `padding` zeros, then cut a random window of the original size (a random shift)."""
 
@@ -146,6 +165,13 @@ def build_rotate(degrees: float = 15.0) -> Augment:
     """Random rotations by up to ±degrees."""
     _check("degrees", degrees, 0.0, 180.0, "between 0 and 180")
     return Rotate(degrees)
+
+
+@AUGMENTATIONS.register("scale")
+def build_scale(zoom: float = 0.2) -> Augment:
+    """Random zoom in and out: each image scaled by a factor in [1 - zoom, 1 + zoom] about its centre."""
+    _check("zoom", zoom, 0.0, 0.9, "in [0, 0.9], e.g. 0.2 for factors 0.8 to 1.2 (a factor must stay above 0)")
+    return Scale(1.0 - zoom, 1.0 + zoom)
 
 
 @AUGMENTATIONS.register("crop")
