@@ -173,6 +173,10 @@ def _positive_or_none(value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and value > 0)
 
 
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
 def _switch(value: Any) -> bool:
     return value in (True, False, "auto")
 
@@ -193,4 +197,7 @@ _CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("onednn_linear", _switch, "true, false or auto"),
     ("devices", lambda v: v >= 1, "a positive integer (processes that train together)"),
     ("early_stopping_patience", _positive_or_none, "a positive integer or null"),
+    ("weight_noise", _non_negative, "0 (off) or a positive standard deviation, e.g. 0.01"),
+    ("gradient_noise", _non_negative, "0 (off) or a positive standard deviation, e.g. 0.01"),
+    ("gradient_noise_decay", _non_negative, "0 (constant noise) or positive, e.g. 0.55 as Neelakantan et al. 2015"),
 )

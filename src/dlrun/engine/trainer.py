@@ -8,6 +8,7 @@ early, checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -21,9 +22,10 @@ from torch import nn
 from dlrun.components.optim import Schedule
 from dlrun.data.base import DataInfo, Splits
 from dlrun.data.prepare import as_is
-from dlrun.engine import distributed
 from dlrun.diagnostics.timing import phase
+from dlrun.engine import distributed
 from dlrun.engine.batches import batch_source
+from dlrun.engine.noise import add_gradient_noise, gradient_noise_std, noisy_weights
 from dlrun.engine.options import TrainerOptions, autocast_for
 from dlrun.engine.resume import TrainState, copy_snapshot, snapshot
 from dlrun.engine.signals import Interrupted, StopOnSignal
@@ -160,18 +162,22 @@ class Trainer:
             xb = xb.contiguous(memory_format=torch.channels_last)
         loss = None
         for update in self.updates:  # one; a GAN has two, the discriminator's then the generator's (course 3 §5.2)
-            with self.autocast:
-                update_loss = update.loss(self.forward, xb, yb)
-            update.optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(update_loss).backward()
-                scaler.unscale_(update.optimizer)
-            else:
-                update_loss.backward()
+            with self._weights_for_forward(update.parameters):
+                with self.autocast:
+                    update_loss = update.loss(self.forward, xb, yb)
+                update.optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(update_loss).backward()
+                    scaler.unscale_(update.optimizer)
+                else:
+                    update_loss.backward()
             if monitor is not None:
                 monitor.after_backward(self.state.step + 1)  # gradient flow, before clipping changes it
             if clip is not None:
                 nn.utils.clip_grad_norm_(update.parameters, clip)
+            if self.opts.gradient_noise > 0:  # course 3 §4.1: a noisy gradient, after clipping
+                std = gradient_noise_std(self.opts.gradient_noise, self.opts.gradient_noise_decay, self.state.step)
+                add_gradient_noise(update.parameters, std, self.generator)
             if scaler is not None:
                 scaler.step(update.optimizer)
             else:
@@ -183,6 +189,12 @@ class Trainer:
         self.state.step += 1
         self.state.batch += 1
         return loss
+
+    def _weights_for_forward(self, params: list[nn.Parameter]) -> Any:
+        """The weights the step's forward and backward pass see: noisy with trainer.weight_noise (course 3 §4.1)."""
+        if self.opts.weight_noise > 0:
+            return noisy_weights(params, self.opts.weight_noise, self.generator)
+        return contextlib.nullcontext()
 
     def _after_step(self, loss: torch.Tensor, running_loss: torch.Tensor) -> None:
         """Check the loss is finite, log the step's scalars every log interval, advance the progress bar."""
