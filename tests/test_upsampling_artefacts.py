@@ -117,17 +117,18 @@ def initial_checkerboard(metrics_and_dirs: list[tuple[dict, object]]) -> float:
 
 @pytest.mark.slow
 def test_transposed_kernel_3_starts_with_more_checkerboard_than_interpolation(tmp_path):
-    """On 3 seeds, experiment=upsampling's own settings: at step 0 (the untrained decoder) transposed kernel 3's
-    reconstructions carry far more of the 2x2 pattern than nearest's or bilinear's."""
+    """On 3 seeds, experiment=upsampling's settings for one epoch: at step 0 (the untrained decoder) and after the
+    first epoch, transposed kernel 3's reconstructions carry far more of the 2x2 pattern than nearest's or
+    bilinear's. (After the preset's 5 epochs the pixel loss has removed it: all three measured about 4e-5.)"""
     seeds, scores = (0, 1, 2), {}
     for name, choice in {"transposed3": ("transposed", "3"), "nearest": ("nearest", "3"),
                          "bilinear": ("bilinear", "3")}.items():
         kind, kernel = choice
-        runs = jobs_over(seeds, tmp_path, "upsampling", **{"model.upsampling": kind,
-                                                           "model.upsampling_kernel": kernel})
+        runs = jobs_over(seeds, tmp_path, "upsampling", "trainer.epochs=1", **{"model.upsampling": kind,
+                                                                              "model.upsampling_kernel": kernel})
         dirs = [tmp_path / f"seed{s}" / f"model.upsampling-{kind}_model.upsampling_kernel-{kernel}" for s in seeds]
         scores[name] = (initial_checkerboard(list(zip(runs, dirs))),
-                        statistics.fmean(r["history"][0]["val/checkerboard"] for r in runs),
-                        statistics.fmean(r["evaluation"]["test"]["checkerboard"] for r in runs))
-    print("checkerboard (step 0, after epoch 1, test after training):", scores)
-    assert scores["transposed3"][0] > 5 * max(scores["nearest"][0], scores["bilinear"][0])
+                        statistics.fmean(r["history"][0]["val/checkerboard"] for r in runs))
+    print("val/checkerboard, mean of 3 seeds (step 0, after epoch 1):", scores)
+    for when in (0, 1):
+        assert scores["transposed3"][when] > 5 * max(scores["nearest"][when], scores["bilinear"][when])
