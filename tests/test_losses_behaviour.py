@@ -8,6 +8,8 @@ import statistics
 import pytest
 import torch
 
+from dlrun.components.losses import LOSSES
+from dlrun.data.base import DataInfo
 from dlrun.errors import ConfigError
 from dlrun.run.experiment import build_data
 from test_presets import jobs_over, sweep_params
@@ -47,7 +49,7 @@ def test_bad_outlier_settings_are_refused_naming_the_key(keys):
 
 def test_outliers_on_a_classification_dataset_are_refused():
     with pytest.raises(ConfigError, match="regression") as err:
-        build_data({"name": "iris", "outliers": 0.1}, seed=0)
+        build_data({"name": "spirals", "n_samples": 100, "outliers": 0.1}, seed=0)
     assert err.value.key == "dataset.outliers"
 
 
@@ -60,11 +62,15 @@ def test_a_run_on_corrupted_targets_says_so_and_records_how_many_rows(dl_run):
     assert any("on purpose" in w for w in metrics["data_warnings"])
 
 
-def test_a_wrong_loss_is_refused_naming_the_opt_in(dl_run):
-    result = dl_run("dataset=iris", "loss=mse", *FAST)
-    assert result.code == 2
-    assert "'loss=mse' is a regression loss" in result.output and "loss.check=false" in result.output
-    assert not result.run_dirs()
+def iris_info() -> DataInfo:
+    return DataInfo(input_shape=(4,), task="classification", num_classes=3, name="iris")
+
+
+def test_a_wrong_loss_is_refused_naming_the_opt_in():
+    # The refusal is a ConfigError: exit code 2 and this one line at the command line (tests/test_bad_input.py).
+    with pytest.raises(ConfigError, match="'loss=mse' is a regression loss") as err:
+        LOSSES.build({"name": "mse"}, info=iris_info())
+    assert err.value.key == "loss" and "loss.check=false" in str(err.value)
 
 
 def test_a_wrong_loss_trains_with_loss_check_false_and_the_warning_is_kept(dl_run):
@@ -76,10 +82,14 @@ def test_a_wrong_loss_trains_with_loss_check_false_and_the_warning_is_kept(dl_ru
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0  # scored as a classifier: the nearest class index
 
 
-def test_a_pairing_that_cannot_train_says_loss_check_false_cannot_help(dl_run):
-    result = dl_run("dataset=diabetes", "loss=cross_entropy", "loss.check=false", *FAST)
-    assert result.code == 2
-    assert "loss.check=false cannot make it train" in result.output and "real numbers" in result.output
+@pytest.mark.parametrize("loss, info, why", [
+    ("cross_entropy", DataInfo(input_shape=(10,), task="regression", name="diabetes"), "real numbers"),
+    ("bce", DataInfo(input_shape=(64,), task="classification", num_classes=10, name="digits"), "not probabilities"),
+])
+def test_a_pairing_that_cannot_train_says_loss_check_false_cannot_help(loss, info, why):
+    with pytest.raises(ConfigError, match="loss.check=false cannot make it train") as err:
+        LOSSES.build({"name": loss, "check": False}, info=info)
+    assert why in str(err.value)
 
 
 def test_the_loss_presets_sweep_the_losses_they_compare():
