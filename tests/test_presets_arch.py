@@ -68,4 +68,58 @@ def test_skip_connections_let_a_deep_network_train(tmp_path):
     assert statistics.fmean(map(train_loss, skips)) < 0.5 * statistics.fmean(map(train_loss, plain))
     assert statistics.fmean(map(train_loss, plain)) > 0.9 * chance
     ratio = [statistics.fmean(m["gradient_flow"]["first_over_last_median"] for m in runs) for runs in (plain, skips)]
+    print(f"\nskip_connections, means over seeds {seeds}: train loss plain {statistics.fmean(map(train_loss, plain)):.4f} "
+          f"skips {statistics.fmean(map(train_loss, skips)):.4f} (chance {chance:.4f}); first/last gradient ratio "
+          f"plain {ratio[0]:.2e} skips {ratio[1]:.2e}")
     assert ratio[0] < 1e-4 * ratio[1]
+
+
+def test_an_mlp_without_activations_computes_an_affine_map_and_with_relu_it_does_not():
+    from dlrun.models.mlp import build_mlp
+
+    info = DataInfo(input_shape=(2,), task="classification", num_classes=2)
+    x, y = torch.randn(64, 2), torch.randn(64, 2)
+    for activation, affine in (("identity", True), ("relu", False)):
+        torch.manual_seed(0)
+        mlp = build_mlp(info, 2, hidden=[16, 16, 16], activation=activation)
+        middle = mlp(0.3 * x + 0.7 * y)  # an affine map keeps every weighted mean of two points (weights summing to 1)
+        assert torch.allclose(middle, 0.3 * mlp(x) + 0.7 * mlp(y), atol=1e-5) == affine, activation
+
+
+def best_values(runs: list[dict]) -> float:
+    return statistics.fmean(m["best"]["value"] for m in runs)
+
+
+@pytest.mark.slow
+def test_stacked_linear_layers_fit_no_better_than_one_and_relu_does(tmp_path):
+    seeds = SEEDS[1].values[0]
+    linear = best_values(jobs_over(seeds, tmp_path, "stacked_linear", **{"model.hidden": "[]",
+                                                                          "model.activation": "identity"}))
+    stacked = best_values(jobs_over(seeds, tmp_path, "stacked_linear", **{"model.hidden": "[64,64,64]",
+                                                                           "model.activation": "identity"}))
+    relu = best_values(jobs_over(seeds, tmp_path, "stacked_linear", **{"model.hidden": "[64,64,64]",
+                                                                        "model.activation": "relu"}))
+    print(f"\nstacked_linear, best validation loss, means over seeds {seeds}: linear {linear:.4f} "
+          f"identity MLP {stacked:.4f} relu MLP {relu:.4f}")
+    assert abs(stacked - linear) < 0.05 * linear
+    assert relu < 0.5 * linear
+
+
+def test_first_symbol_puts_the_class_at_the_first_step_only():
+    from dlrun.data.sequences import build_first_symbol
+
+    data = build_first_symbol(n_samples=400, length=12, symbols=4)
+    x, y = data.splits.x_train, data.splits.y_train
+    assert x.shape[1:] == (12, 4) and data.info.sequence.length == 12 and data.info.num_classes == 4
+    assert torch.equal(x[:, 0].argmax(dim=1), y) and torch.equal(x[:, 0].sum(dim=1), torch.ones(len(y)))
+    # The later steps are noise of mean 0 whatever the class: nothing there to count or to spot.
+    later = torch.stack([x[y == c, 1:].mean(dim=(0, 1)) for c in range(4)])
+    assert later.abs().max() < 0.1
+
+
+def test_first_symbol_refuses_a_sequence_without_steps():
+    from dlrun.data.sequences import build_first_symbol
+    from dlrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"dataset\.length=0"):
+        build_first_symbol(length=0)
