@@ -54,6 +54,37 @@ def build_patterns(
     return data
 
 
+@DATASETS.register("first_symbol")
+def build_first_symbol(
+    seed: int = 0,
+    n_samples: int = 2000,
+    length: int = 50,
+    symbols: int = 4,
+    noise: float = 1.0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+) -> Dataset:
+    """The class is the symbol shown, one-hot, at the first step; every later step is noise that says nothing of
+    it, so the answer lies `length` - 1 steps behind the last state (course 3 §5.3: long sequences)."""
+    if length < 1:
+        raise ConfigError(f"'dataset.length={length}' must be at least 1 step.", key="dataset.length")
+    if symbols < 2:
+        raise ConfigError(f"'dataset.symbols={symbols}' must be at least 2, one class each.", key="dataset.symbols")
+    if n_samples < symbols:
+        raise ConfigError(f"'dataset.n_samples={n_samples}' must be at least 'dataset.symbols={symbols}', one per "
+                          f"class.", key="dataset.n_samples")
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_samples) % symbols
+    # Noise of mean 0 independent of the class: only the first step holds it (counting symbols would not).
+    x = (noise * rng.standard_normal((n_samples, length, symbols))).astype(np.float32)
+    x[:, 0] = np.eye(symbols, dtype=np.float32)[labels]
+    data = split_arrays(x, labels, task="classification", val_fraction=val_fraction, test_fraction=test_fraction,
+                        seed=seed, standardize=False, name="first_symbol",
+                        class_names=[f"first={c}" for c in range(symbols)], input_shape=(length, symbols))
+    data.info.sequence = SequenceInfo(length=length, features=symbols)
+    return data
+
+
 @DATASETS.register("digits_rows")
 def build_digits_rows(seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's 8x8 digits read row by row: 8 steps of 8 pixels (the classic recurrent-network demo)."""
