@@ -120,13 +120,15 @@ def check(argv: list[str]) -> None:
             listed = not o.is_sweep_override() and isinstance(o.value(), list)  # several options of one group
             picked.append(f"{o.key_or_group}=[{','.join(_choices(o))}]" if listed
                           else f"{o.key_or_group}={_choices(o)[0]}")
+    keys = [o for o in overrides if o.type is OverrideType.CHANGE and o.key_or_group not in groups
+            and not o.key_or_group.startswith(("hydra.", "hydra/")) and not o.package]
+    if not keys:
+        return  # nothing to look up: no compose here, Hydra's own is the only one (issue #21)
     cfg = _compose(picked, args.config_dir)
     if cfg is None:
         return
-    for o in overrides:
+    for o in keys:
         key = o.key_or_group
-        if o.type is not OverrideType.CHANGE or key in groups or key.startswith(("hydra.", "hydra/")) or o.package:
-            continue
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         if not isinstance(parent, DictConfig) or leaf in parent:
