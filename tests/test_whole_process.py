@@ -69,3 +69,26 @@ def test_digits_are_scikit_learns_without_importing_it():
              "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def test_a_sweep_still_refuses_a_job_that_cannot_be_composed_before_any_job_runs(dl_run):
+    # dl-run's basic sweeper composes one job of each kind to check a sweep (not every job before the launcher
+    # composes each again): the sgd jobs, a kind of their own, are still checked before the first adam job trains.
+    result = dl_run("-m", *TINY, "optimizer=adam,sgd", "optimizer.lr=0.01,0.02", "optimizer.rho1=0.8",
+                    "hydra.sweep.dir=sweep")
+    assert result.code != 0
+    assert "rho1" in result.output and "not in struct" in result.output
+    assert not list((result.cwd / "sweep").glob("*/metrics.json")) and not list((result.cwd / "sweep").glob("0_*"))
+
+
+def test_a_sweep_recorded_by_hydras_own_basic_sweeper_resumes_as_the_same_sweep():
+    from dlrun.run.sweep_resume import sweep_changes
+
+    def record(target: str) -> dict:
+        return {"hydra": {"sweeper": {"_target_": target, "params": None},
+                          "overrides": {"task": ["optimizer.lr=0.1,0.2"], "hydra": []}}}
+
+    assert sweep_changes(record("hydra._internal.core_plugins.basic_sweeper.BasicSweeper"),
+                         record("hydra_plugins.dlrun_basic_sweeper.sweeper.DlrunBasicSweeper")) == []
+    assert sweep_changes(record("hydra_plugins.dlrun_optuna_sweeper.sweeper.DlrunOptunaSweeper"),
+                         record("hydra_plugins.dlrun_basic_sweeper.sweeper.DlrunBasicSweeper"))

@@ -30,6 +30,10 @@ RESUME_MAY_ADD_HYDRA = ("hydra/launcher", "hydra.launcher.")
 RECORDED_HYDRA = ("hydra/launcher", "hydra/sweeper", "hydra.launcher.", "hydra.sweeper.", "hydra.mode",
                   "hydra.sweep.subdir", "hydra.job.config.")
 SET_BY_RESUME = ("hydra.sweep.dir", "hydra.output_subdir")
+# Sweepers that run the same jobs: a grid recorded by Hydra's basic sweeper, before dl-run's subclass of it became
+# the default (issue #21), resumes as the same sweep.
+SAME_SWEEPER = {"hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
+                "hydra_plugins.dlrun_basic_sweeper.sweeper.DlrunBasicSweeper"}
 
 
 def _key(override: str) -> str:
@@ -101,6 +105,8 @@ def sweep_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     changes = []
     for key in ("_target_", "params"):
         old, new = (before.get("hydra", {}).get("sweeper") or {}).get(key), (now["hydra"]["sweeper"] or {}).get(key)
+        if key == "_target_":
+            old = SAME_SWEEPER.get(old, old)
         if old != new:
             changes.append(f"hydra.sweeper.{key}: {old} -> {new}")
     old_task, _ = recorded_overrides(before)
