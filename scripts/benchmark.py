@@ -21,6 +21,11 @@ machine's load, the median drops the rounds a neighbour's burst hit); its second
              the plain torchvision + DataLoader loop against dl-run, training steps only on both sides (issue #3:
              at least 4x longer for the MLP). Lightning needs the [bench] extra (pip install -e ".[bench]");
              without it its rows are skipped with a message.
+  whole      whole commands from the shell (issue #21): `dl-run` against the minimal hand-written scripts
+             scripts/minimal_mnist_mlp.py and scripts/minimal_digits_mlp.py (read the data, train, validate each
+             epoch, score the test split): the MNIST MLP's epoch as the issue types it, and the default experiment
+             (each <= 1.10x); everything dl-run does around the training counts (imports, Hydra, checks, scoring
+             every split, figures, checkpoints, TensorBoard); `trainer.profile=true` shows where it goes
   startup    `dl-run --help` against `python -c "import torch"` (<= 1.5x), and the seconds from the command to the
              first optimiser step of the default experiment against a bare script doing the same (reported)
   logging    steps of the MNIST MLP (half an epoch) with logger=none against TensorBoard logging of the loss every
@@ -28,8 +33,9 @@ machine's load, the median drops the rounds a neighbour's burst hit); its second
              logger=[tensorboard,mlflow] against logger=tensorboard (<= 1.05x; needs the [mlflow] extra)
   memory     peak resident memory of `dl-run` (the default experiment; MNIST MLP one epoch) against the bare loop,
              each in its own process (<= 1.3x)
-  sweep      `dl-run -m` with 8 and 2 tiny jobs (basic launcher): the cost of each extra job, (T8 - T2) / 6, against the
-             in-process run() of one job (reported; near 1 means nothing is rebuilt per job beyond the run itself)
+  sweep      `dl-run -m` with 8 and 2 tiny jobs: the cost of each extra job, (T8 - T2) / 6, against the in-process
+             run() of one job, with the basic launcher and with joblib (each <= 1.15x: a job costs little beyond
+             its own run, Hydra composing its config and writing its .hydra/ record)
   streaming  image_folder of PNGs the benchmark writes: an epoch streamed from disk by 2 DataLoader workers
              against the same epoch held in memory (reported)
 Precision: every side computes in --precision (default: dl-run's own auto, 32 on a CPU, bf16 or fp16 on a GPU):
@@ -80,12 +86,13 @@ from dlrun.run.run_directory import RunDirectory
 from dlrun.run.training import run
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ("overhead", "framework", "startup", "logging", "memory", "sweep", "streaming")
+GROUPS = ("overhead", "framework", "whole", "startup", "logging", "memory", "sweep", "streaming")
 MNIST_MODELS = {
     "mlp": ["model=mlp", "model.hidden=[256,128]"],
     "cnn": ["model=cnn", "model.channels=[[32,64]]", "model.padding=0", "model.hidden=[128]"],
 }
-DEFAULT_REPEATS = {"mlp": 5, "cnn": 2, "digits": 7, "logging": 9, "startup": 5, "sweep": 3, "streaming": 3}
+DEFAULT_REPEATS = {"mlp": 5, "cnn": 2, "digits": 7, "logging": 9, "startup": 5, "sweep": 3, "streaming": 3,
+                   "whole": 5}
 
 
 # ---- clocks ---------------------------------------------------------------------------------------------------
@@ -488,6 +495,32 @@ class Bench:
             self.overhead("cnn", self.mnist("cnn"), 1, bs, 1.05 if bare else None,
                           "MNIST CNN 32-64-FC128, 1 epoch: dl-run / bare loop", frameworks)
 
+    def group_whole(self) -> None:
+        """Whole commands from the shell, dl-run's against a minimal hand-written script's (issue #21)."""
+        dl_run = shutil.which("dl-run", path=str(Path(sys.executable).parent)) or "dl-run"
+        work = self.work / "whole"
+        work.mkdir(exist_ok=True)
+        threads = str(self.threads)
+        epochs = "2" if self.args.smoke else "50"
+        cases = [("mlp", "whole process, MNIST MLP 784-256-128-10, 1 epoch: dl-run / minimal script",
+                  [dl_run, *self.mnist("mlp")],
+                  [sys.executable, str(REPO / "scripts" / "minimal_mnist_mlp.py"), str(self.args.mnist_root), "1",
+                   threads]),
+                 ("digits", "whole process, default experiment (digits MLP, 50 epochs): dl-run / minimal script",
+                  [dl_run, *self.digits()],
+                  [sys.executable, str(REPO / "scripts" / "minimal_digits_mlp.py"), epochs, threads])]
+        for name, case, dlrun, minimal in cases:
+            if name == "mlp" and not (self.args.mnist_root / "MNIST" / "raw").is_dir():
+                self.rows.append({"case": case, "skipped": f"no MNIST in {self.args.mnist_root}", "holds": None})
+                continue
+            child(minimal, work)  # warm-up: the files in the page cache, Python's bytecode compiled
+            times = rounds({"dl-run": lambda c=dlrun: _clocks(child(c, work)),
+                            "minimal script": lambda c=minimal: _clocks(child(c, work))},
+                           self.repeats("whole"), name)
+            self.rows.append(row(case, times["dl-run"], times["minimal script"], 1.10, "max", self.judge,
+                                 baseline_name=f"scripts/{Path(minimal[1]).name}",
+                                 note="whole commands in their own processes, from start to exit"))
+
     def group_startup(self) -> None:
         exe = Path(sys.executable)
         dl_run = shutil.which("dl-run", path=str(exe.parent)) or "dl-run"
@@ -608,28 +641,36 @@ class Bench:
         tiny = ["trainer.epochs=2", "model.hidden=[16]", "trainer.progress=false", *self.common()]
         lrs = [f"{0.001 * (i + 1):g}" for i in range(8)]  # a learning-rate sweep: the jobs share their data
 
-        def sweep(jobs: int) -> tuple[float, float]:
+        def sweep(jobs: int, launcher: list[str]) -> tuple[float, float]:
             values = ",".join(lrs[:jobs])
-            result = child([dl_run, "-m", *tiny, f"optimizer.lr={values}",
+            result = child([dl_run, "-m", *tiny, *launcher, f"optimizer.lr={values}",
                             f"hydra.sweep.dir=sweep-{time.monotonic_ns()}"], work)
             return result["wall"], result["cpu"]
 
-        # Two sweeps, so that what a sweep does once (start-up, the summary table and figure) cancels out.
-        times = rounds({"2-job sweep": lambda: sweep(2), "8-job sweep": lambda: sweep(8)}, self.repeats("sweep"),
-                       "sweep")
         # One job's own run(), in this warm process: what a job costs when nothing around it is repeated.
         self.timed_run([*tiny, "seed=0"])  # warm-up
-        in_process = rounds({"run()": lambda: self.timed_run([*tiny, "seed=0"]) and self.timed_run.run_seconds},
-                            self.repeats("sweep"), "one job in process")["run()"]
-        per_job = {k: [(eight - two) / 6 for two, eight in zip(times["2-job sweep"][k], times["8-job sweep"][k])]
-                   for k in ("wall", "cpu")}
-        two, eight = ({k: statistics.median(times[v][k]) for k in ("wall", "cpu")}
-                      for v in ("2-job sweep", "8-job sweep"))
-        self.rows.append(row("sweep of 8 tiny jobs: each extra job / one in-process run()", per_job, in_process, None,
-                             "max", self.judge, baseline_name="run() of one job in this process",
-                             note=f"each extra job = (8-job sweep - 2-job sweep) / 6; whole commands: 2 jobs "
-                                  f"{two['wall']:.2f}s, 8 jobs {eight['wall']:.2f}s wall (CPU {two['cpu']:.2f}s, "
-                                  f"{eight['cpu']:.2f}s); ratio near 1: nothing rebuilt per job beyond the run"))
+        launchers = {"basic": []}
+        try:
+            import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+            launchers["joblib"] = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+        except ImportError:
+            print('  joblib row skipped: pip install -e ".[sweep]"', flush=True)
+        for name, launcher in launchers.items():
+            # Two sweeps, so that what a sweep does once (start-up, workers, the summary table and figure) cancels.
+            times = rounds({"2-job sweep": lambda lc=launcher: sweep(2, lc),
+                            "8-job sweep": lambda lc=launcher: sweep(8, lc),
+                            "run()": lambda: self.timed_run([*tiny, "seed=0"]) and self.timed_run.run_seconds},
+                           self.repeats("sweep"), f"sweep, {name} launcher")
+            per_job = {k: [(eight - two) / 6 for two, eight in zip(times["2-job sweep"][k], times["8-job sweep"][k])]
+                       for k in ("wall", "cpu")}
+            two, eight = ({k: statistics.median(times[v][k]) for k in ("wall", "cpu")}
+                          for v in ("2-job sweep", "8-job sweep"))
+            self.rows.append(row(f"sweep of 8 tiny jobs, {name} launcher: each extra job / one in-process run()",
+                                 per_job, times["run()"], 1.15, "max", self.judge,
+                                 baseline_name="run() of one job in this process",
+                                 note=f"each extra job = (8-job sweep - 2-job sweep) / 6; whole commands: 2 jobs "
+                                      f"{two['wall']:.2f}s, 8 jobs {eight['wall']:.2f}s wall (CPU {two['cpu']:.2f}s, "
+                                      f"{eight['cpu']:.2f}s)"))
         shutil.rmtree(work, ignore_errors=True)
 
     def group_streaming(self) -> None:
