@@ -36,6 +36,8 @@ CASES = ("divergence", "stopped too early", "underfitting", "overfitting", "vali
 # How far a curve must move to count as moving, as a fraction of its level.
 STILL_FALLING = 0.05
 FLAT = 0.05
+# The validation curve counts as level from the first epoch within this fraction of its minimum.
+LEVEL = 0.02
 # The learning rate counts as annealed when it ends at most this fraction of its value at the last 20%.
 ANNEALED = 0.5
 
@@ -179,11 +181,18 @@ def _overfitting(c: _Curves) -> Verdict | None:
 
 
 def _validation_levels_off(c: _Curves) -> Verdict | None:
-    if c.v_min_epoch < 0.5 * c.n and c.t[-1] < 0.5 * c.t_at_vmin:
+    # On a level curve the minimum is wherever the noise put it, often late: the curve levelled off at the first
+    # epoch within LEVEL of its minimum, plus its epoch-to-epoch wobble over the second half (its noise).
+    half = c.v[c.n // 2:]
+    wobble = sum(abs(b - a) for a, b in zip(half, half[1:])) / max(1, len(half) - 1)
+    level_epoch = next(i for i, v in enumerate(c.v) if v <= c.v_min + LEVEL * abs(c.v_min) + wobble) + 1
+    t_at_level = c.t[level_epoch - 1]
+    if level_epoch < 0.5 * c.n and c.t[-1] < 0.5 * t_at_level:
         return Verdict("validation levels off",
                        "the validation loss stopped improving in the first half of training while the training "
                        "loss kept falling.",
-                       ["more data", "another architecture"], {**c.numbers, "train_at_val_min": c.t_at_vmin})
+                       ["more data", "another architecture"],
+                       {**c.numbers, "val_level_epoch": level_epoch, "train_at_val_level": t_at_level})
     return None
 
 
