@@ -52,13 +52,13 @@ def test_a_validation_curve_jumping_about_is_an_unrepresentative_split_whatever_
 
 
 def test_a_validation_curve_level_after_a_quarter_of_training_levels_off_wherever_its_noise_puts_the_minimum():
-    # The validation loss is level (±0.01 of noise) from about epoch 13 of 60 while the training loss keeps falling.
-    # Judged by the epoch of its minimum, 7 of these 10 draws put it after the first half and were called healthy.
+    # The validation loss is level (±1% of noise) from about epoch 13 of 60 while the training loss keeps falling.
+    # Judged by the epoch of its minimum (30 to 54 here), all 10 draws were called healthy.
     n = 60
     train = [0.01 + 2.2 * math.exp(-6 * i / n) for i in range(n)]
     for draw in range(10):
         rng = random.Random(draw)
-        val = [0.3 + 1.9 * math.exp(-25 * i / n) + rng.uniform(-0.01, 0.01) for i in range(n)]
+        val = [0.3 + 1.9 * math.exp(-25 * i / n) + rng.uniform(-0.003, 0.003) for i in range(n)]
         verdict = diagnose(train, val, math.log(10))
         assert verdict.case == "validation levels off", draw
         assert verdict.numbers["val_level_epoch"] < 30
