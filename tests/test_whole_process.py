@@ -92,3 +92,37 @@ def test_a_sweep_recorded_by_hydras_own_basic_sweeper_resumes_as_the_same_sweep(
                          record("hydra_plugins.dlrun_basic_sweeper.sweeper.DlrunBasicSweeper")) == []
     assert sweep_changes(record("hydra_plugins.dlrun_optuna_sweeper.sweeper.DlrunOptunaSweeper"),
                          record("hydra_plugins.dlrun_basic_sweeper.sweeper.DlrunBasicSweeper"))
+
+
+ATEXIT_USER_CODE = '''
+import atexit, threading, time
+from pathlib import Path
+
+from dlrun.components.augment import AUGMENTATIONS
+
+def _late_write():
+    time.sleep(0.5)
+    Path("thread.txt").write_text("finished")
+
+atexit.register(lambda: Path("atexit.txt").write_text("ran"))
+
+def build(**kwargs):
+    threading.Thread(target=_late_write).start()  # not a daemon: the process waits for it
+    return None
+'''
+
+
+def test_the_script_exits_fast_yet_runs_what_an_interpreter_exit_runs(dl_run, tmp_path):
+    # console_main ends the process without tearing the interpreter's modules down (issue #21), but first joins
+    # the threads and runs the atexit handlers a normal exit would: a user's code loses nothing.
+    (tmp_path / "mine.py").write_text(ATEXIT_USER_CODE)
+    (tmp_path / "conf" / "augmentation").mkdir(parents=True)
+    (tmp_path / "conf" / "augmentation" / "mine.yaml").write_text("# dl-run --config-dir conf augmentation=mine\n"
+                                                                  "_target_: mine.build\n")
+    result = dl_run("--config-dir", "conf", "augmentation=mine", *TINY, script=True)
+    assert result.code == 0, result.output
+    assert (tmp_path / "atexit.txt").read_text() == "ran"
+    assert (tmp_path / "thread.txt").read_text() == "finished"
+    assert "Run directory:" in result.stdout  # the last lines printed reached the pipe
+    refused = dl_run("model=mlpp", script=True)
+    assert refused.code == 2 and "Did you mean 'mlp'" in refused.output
