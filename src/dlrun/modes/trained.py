@@ -137,7 +137,12 @@ def _another_dataset(exp: Experiment, saved: dict[str, Any]) -> bool:
         trained = OmegaConf.to_container(OmegaConf.create(saved.get("config") or "{}")).get("dataset")
     except Exception:  # noqa: BLE001 - an unreadable old config: say nothing rather than guess
         return False
-    return trained is not None and trained != exp.cfg.get("dataset")
+    if trained is None:
+        return False
+    # A key the saved config lacks came to dl-run after the run was made (dataset.outliers): it cannot tell the
+    # datasets apart.
+    now = exp.cfg.get("dataset") or {}
+    return trained != {k: v for k, v in now.items() if k in trained}
 
 
 def _reorder_features(exp: Experiment, order: list[int], names: list[str]) -> None:
