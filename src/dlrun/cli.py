@@ -440,9 +440,12 @@ def _exit_without_teardown(code: int) -> None:
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # What the interpreter's own exit does first, in its order: threading's exit hooks (they tell executors'
+    # manager threads to stop: joblib's loky workers), the join of every non-daemon thread, then the atexit handlers.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None:  # another Python: its own exit, unchanged
+        sys.exit(code)
+    shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
