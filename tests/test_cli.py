@@ -160,7 +160,7 @@ def test_regression_with_huber_reports_original_units(dl_run):
 def test_help_lists_groups_options_and_examples(dl_run):
     result = dl_run("--help")
     assert result.code == 0
-    for line in ("dataset: ar, breast_cancer, cifar10, csv, csv_timeseries, diabetes, digits",
+    for line in ("dataset: adding, ar, breast_cancer, cifar10, csv, csv_timeseries, diabetes, digits",
                  "lenet5, linear, lstm, mlp", "dl-run -m init=zeros,xavier_uniform,he_normal",
                  "tensorboard --logdir outputs"):
         assert line in result.stdout

@@ -89,7 +89,12 @@ class Task:
     @classmethod
     def build_loss(cls, loss_cfg: dict[str, Any], info: DataInfo, train_targets: torch.Tensor) -> Loss:
         """The loss group's choice, checked against the task (loss=auto: default_loss)."""
-        return LOSSES.build(loss_cfg, info=info, train_targets=train_targets if cls.takes_labels else None)
+        cfg = dict(loss_cfg)
+        if "_target_" in cfg and cfg.get("check") is True:
+            # `loss.check` is the shipped losses' switch (true in their YAMLs): a user's own loss built over one of
+            # them (loss=mse +loss._target_=my.loss) gets it only when it is turned off.
+            del cfg["check"]
+        return LOSSES.build(cfg, info=info, train_targets=train_targets if cls.takes_labels else None)
 
     @classmethod
     def optimizer_parameters(cls, model: nn.Module) -> Any:
