@@ -16,25 +16,24 @@ from collections.abc import Sequence
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-HYDRA_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # what sweeps recorded before this one
-
 
 class DlrunBasicSweeper(BasicSweeper):
     """BasicSweeper whose check before launching composes one job of each kind (see the module's text)."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         kinds: dict[tuple, Sequence[str]] = {}
+        parser = OverridesParser.create()  # one grammar for the batch, not one a job
         for overrides in batch:
-            kinds.setdefault(self._kind(overrides), overrides)
+            kinds.setdefault(self._kind(parser, overrides), overrides)
         super().validate_batch_is_legal(list(kinds.values()))
 
-    def _kind(self, overrides: Sequence[str]) -> tuple:
+    def _kind(self, parser: OverridesParser, overrides: Sequence[str]) -> tuple:
         """What decides whether a job composes: each key with how it is set, and the option of each config group
         or Hydra setting (Hydra's own config is typed); for a plain key only whether its value is a list, a dict or
         a single value."""
         loader = self.hydra_context.config_loader
         kind = []
-        for override in OverridesParser.create().parse_overrides(list(overrides)):
+        for override in parser.parse_overrides(list(overrides)):
             key = override.key_or_group
             is_group = "/" in key or "@" in key or bool(loader.get_group_options(key))
             if is_group or key.startswith("hydra.") or key == "hydra":
