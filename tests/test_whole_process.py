@@ -126,3 +126,42 @@ def test_the_script_exits_fast_yet_runs_what_an_interpreter_exit_runs(dl_run, tm
     assert "Run directory:" in result.stdout  # the last lines printed reached the pipe
     refused = dl_run("model=mlpp", script=True)
     assert refused.code == 2 and "Did you mean 'mlp'" in refused.output
+
+
+COLLECTOR_USER_CODE = '''
+import gc
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch import nn
+
+from dlrun.components.losses import Loss
+
+
+class Watched(nn.Module):
+    def forward(self, logits, target):
+        with Path("collector.txt").open("a") as out:
+            out.write(f"{gc.isenabled()}\\n")
+        return F.cross_entropy(logits, target)
+
+
+def build(info):
+    return Loss(Watched(), name="watched", out_features=info.num_classes)
+'''
+
+
+def test_the_collector_paused_for_the_start_up_is_on_while_the_users_code_trains(dl_run, tmp_path):
+    # The script pauses Python's garbage collector while it imports and builds (issue #21: ~1 CPU second a
+    # command); the training, and the user's code in it, run with it on; a program importing dl-run keeps its own.
+    import subprocess
+    import sys
+
+    (tmp_path / "mine.py").write_text(COLLECTOR_USER_CODE)
+    (tmp_path / "conf" / "loss").mkdir(parents=True)
+    (tmp_path / "conf" / "loss" / "watched.yaml").write_text("_target_: mine.build\n")
+    result = dl_run("--config-dir", "conf", "loss=watched", *TINY, script=True)
+    assert result.code == 0, result.output
+    seen = (tmp_path / "collector.txt").read_text().split()
+    assert seen and set(seen) == {"True"}, seen[:5]
+    importer = "import gc, dlrun.cli, dlrun.run.training; print(gc.isenabled())"
+    assert subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True).stdout.strip() == "True"

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from dlrun import startup_collector
 from dlrun.views import console
 from dlrun.engine import distributed
 from dlrun.run import preflight
@@ -113,6 +114,7 @@ def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = 
     try:
         return _train_job(cfg, sweep, found_empty)
     finally:
+        startup_collector.resume()  # where run() did not get as far (a refused config, a failed build)
         timing.CLOCK.mark()  # in a sweep, Hydra composes the next job's config from here
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlrun import startup_collector
 from dlrun.components.augment import AUGMENTATIONS
 from dlrun.components.init import INITS, apply_init
 from dlrun.components.losses import output_layer
@@ -164,6 +165,7 @@ class Experiment:
             self._build_model()
         with phase("optimizer, augmentation, task"):
             self._build_optimization()
+        startup_collector.resume()  # the last heavy import (torch._dynamo, by the optimizer) is behind
         with phase("checks: logger keys, model summary, a first batch"):
             self._check_fit()
 
