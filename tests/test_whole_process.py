@@ -163,5 +163,12 @@ def test_the_collector_paused_for_the_start_up_is_on_while_the_users_code_trains
     assert result.code == 0, result.output
     seen = (tmp_path / "collector.txt").read_text().split()
     assert seen and set(seen) == {"True"}, seen[:5]
+    # The same in a launcher's worker processes, which pause it for their first job's imports.
+    (tmp_path / "collector.txt").unlink()
+    sweep = dl_run("-m", "--config-dir", "conf", "loss=watched", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "seed=0,1,2", *TINY, script=True)
+    assert sweep.code == 0, sweep.output
+    seen = (tmp_path / "collector.txt").read_text().split()
+    assert len(seen) > 3 and set(seen) == {"True"}, seen[:5]
     importer = "import gc, dlrun.cli, dlrun.run.training; print(gc.isenabled())"
     assert subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True).stdout.strip() == "True"

@@ -85,6 +85,8 @@ class SweepDirectory(Callback):
             sys.exit(2)
         if new:  # the record `dl-run resume=<sweep dir>` continues from (Hydra's basic sweeper writes the same)
             OmegaConf.save(config, sweep_dir / sweep_resume.RECORD)
+        if config.hydra.launcher.get("_target_") != BASIC_LAUNCHER:
+            startup_collector.resume()  # no job builds in this process: it only waits for the workers
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         if config.hydra.launcher.get("_target_") == BASIC_LAUNCHER:
@@ -111,6 +113,8 @@ def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = 
     """One run, or one job of a sweep: train it (or its mode), and record how it ended in `sweep`. `found_empty`:
     the folders the user named that existed (empty) before this invocation."""
     timing.CLOCK.since_mark("Hydra: compose the config, set up the job")
+    if os.environ.get("DLRUN_PID") != str(os.getpid()):  # a launcher's worker: its first job imports torch
+        startup_collector.pause()
     try:
         return _train_job(cfg, sweep, found_empty)
     finally:

@@ -23,11 +23,12 @@ class DlrunBasicSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         kinds: dict[tuple, Sequence[str]] = {}
         parser = OverridesParser.create()  # one grammar for the batch, not one a job
+        groups: dict[str, bool] = {}  # key -> whether it names a config group: one lookup a key, not a job
         for overrides in batch:
-            kinds.setdefault(self._kind(parser, overrides), overrides)
+            kinds.setdefault(self._kind(parser, groups, overrides), overrides)
         super().validate_batch_is_legal(list(kinds.values()))
 
-    def _kind(self, parser: OverridesParser, overrides: Sequence[str]) -> tuple:
+    def _kind(self, parser: OverridesParser, groups: dict[str, bool], overrides: Sequence[str]) -> tuple:
         """What decides whether a job composes: each key with how it is set, and the option of each config group
         or Hydra setting (Hydra's own config is typed); for a plain key only whether its value is a list, a dict or
         a single value."""
@@ -35,8 +36,9 @@ class DlrunBasicSweeper(BasicSweeper):
         kind = []
         for override in parser.parse_overrides(list(overrides)):
             key = override.key_or_group
-            is_group = "/" in key or "@" in key or bool(loader.get_group_options(key))
-            if is_group or key.startswith("hydra.") or key == "hydra":
+            if key not in groups:
+                groups[key] = "/" in key or "@" in key or bool(loader.get_group_options(key))
+            if groups[key] or key.startswith("hydra.") or key == "hydra":
                 kind.append((override.input_line,))
             else:
                 value = override.value()
