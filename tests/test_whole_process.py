@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from conftest import TINY
 from dlrun.diagnostics.timing import PhaseClock
 
@@ -172,3 +174,47 @@ def test_the_collector_paused_for_the_start_up_is_on_while_the_users_code_trains
     assert len(seen) > 3 and set(seen) == {"True"}, seen[:5]
     importer = "import gc, dlrun.cli, dlrun.run.training; print(gc.isenabled())"
     assert subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True).stdout.strip() == "True"
+
+
+def _keys_found_by_reading_are_composed(options_of) -> int:
+    """preflight looks command-line keys up in train.yaml and the chosen options' YAMLs instead of composing
+    (issue #21); a yes there must be a yes of the composed config. Returns how many keys it said yes to."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from dlrun.run import preflight
+
+    groups = preflight.config_options()
+    parser = OverridesParser.create()
+    checked = 0
+    with initialize_config_module(config_module=preflight.CONFIG_PACKAGE, version_base="1.3"):
+        for group in ("model", "dataset", "optimizer", "scheduler", "loss", "init", "augmentation", "trainer"):
+            for option in options_of(groups[group]):
+                node = OmegaConf.load(preflight.resources.files(preflight.CONFIG_PACKAGE) / group / f"{option}.yaml")
+                leaves = [f"{group}.{k}" for k in _leaf_keys(OmegaConf.to_container(node)) if k != "defaults"]
+                composed = compose(config_name="train", overrides=[f"{group}={option}"])
+                for key in [*leaves, f"{group}.no_such_key", f"{group}.{option}_typo"]:
+                    overrides = parser.parse_overrides([f"{group}={option}", f"{key}=1"])
+                    if preflight._found_in_the_yamls(overrides[1:], overrides, groups):
+                        assert OmegaConf.select(composed, key, default="absent") != "absent", (option, key)
+                        checked += 1
+    return checked
+
+
+def test_a_key_found_by_reading_the_yamls_is_in_the_composed_config_too():
+    # Two options a group (polynomial, full_batch, adding: options with defaults lists of their own); all: slow.
+    picked = {"polynomial", "full_batch", "adding", "lstm", "cnn", "mlp", "digits", "default", "sgd", "adam"}
+    assert _keys_found_by_reading_are_composed(lambda options: [o for o in options if o in picked] or options[:2]) > 40
+
+
+@pytest.mark.slow
+def test_every_shipped_options_keys_found_by_reading_the_yamls_are_composed():
+    assert _keys_found_by_reading_are_composed(lambda options: options) > 200
+
+
+def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        keys += _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
+    return keys
