@@ -196,6 +196,38 @@ def test_mnist_loaders_read_the_idx_files_into_uint8_tensors(tmp_path, name, fol
     assert data.info.pixel_std[0] == pytest.approx(pixels.std(unbiased=False).item())
 
 
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_files_read_directly_equal_torchvisions_loader_without_importing_it(tmp_path, name, folder):
+    # Read without torchvision (issue #21: its import was 0.2 CPU s of a 1-epoch run), the same tensors and class
+    # names as torchvision's own loader gives; a fresh process building the dataset does not import torchvision.
+    import subprocess
+    import sys
+
+    root = write_mnist(tmp_path, folder, n_train=50, n_test=20)
+    tv_class = getattr(torchvision.datasets, folder)
+    data = DATASETS.build({"name": name, "root": str(root), "download": False, "val_fraction": 0.2}, seed=0)
+    test = tv_class(str(root), train=False, download=False)
+    assert torch.equal(data.splits.x_test[:, 0], test.data) and torch.equal(data.splits.y_test, test.targets)
+    assert data.info.class_names == tv_class.classes
+    code = (f"import sys; from dlrun.data.registry import DATASETS; import dlrun.data.images; "
+            f"DATASETS.build({{'name': '{name}', 'root': {str(root)!r}, 'download': False}}, seed=0); "
+            f"print('torchvision' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_damaged_mnist_file_is_refused_with_its_path(tmp_path):
+    root = write_mnist(tmp_path)
+    labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-5])  # cut short, as an interrupted copy leaves it
+    with pytest.raises(ConfigError, match="cut short or damaged") as err:
+        DATASETS.build({"name": "mnist", "root": str(root), "download": False}, seed=0)
+    assert str(labels) in str(err.value) and "55" in str(err.value) and err.value.key == "dataset.root"
+    labels.write_bytes(b"<html>Not Found</html>")  # what a failed download by hand may leave
+    with pytest.raises(ConfigError, match="not an IDX file"):
+        DATASETS.build({"name": "mnist", "root": str(root), "download": False}, seed=0)
+
+
 def test_cifar10_loader_reads_the_pickled_batches(tmp_path, monkeypatch):
     # torchvision checks CIFAR-10's files against the real ones' md5 sums; the tiny fixture cannot match them.
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
