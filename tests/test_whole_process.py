@@ -218,3 +218,27 @@ def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
     for key, value in node.items():
         keys += _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
     return keys
+
+
+def test_only_the_presets_set_hydras_mode_so_a_plain_command_skips_hydras_mode_compose(dl_run):
+    # dl-run answers Hydra's "which mode?" without a compose when nothing on the command line can set it (issue
+    # #21): that holds only while no shipped YAML outside the presets has a hydra node or a global package.
+    from omegaconf import OmegaConf
+
+    from dlrun.run import preflight
+    from dlrun.run.hydra_mode import MODE_SETTING_GROUPS, mode_is_unset
+
+    root = preflight.resources.files(preflight.CONFIG_PACKAGE)
+    for group in root.iterdir():
+        if not group.is_dir() or group.name in (*MODE_SETTING_GROUPS, "hydra") or group.name.startswith("_"):
+            continue
+        for option in group.iterdir():
+            if option.name.endswith(".yaml"):
+                assert "hydra" not in OmegaConf.load(option), option
+                assert "@package _global_" not in option.read_text(), option
+    assert mode_is_unset(["model=cnn", "trainer.epochs=3"]) and not mode_is_unset(["experiment=init_comparison"])
+    assert not mode_is_unset(["--config-dir", "mine"]) and not mode_is_unset(["+hydra.mode=MULTIRUN"])
+    # A mode set on the command line is still Hydra's to read: this plain command runs as a sweep of two jobs.
+    result = dl_run("hydra.mode=MULTIRUN", "seed=0,1", *TINY)
+    assert result.code == 0, result.output
+    assert len(result.run_dirs()) == 2

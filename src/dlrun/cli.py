@@ -25,6 +25,7 @@ from dlrun import startup_collector
 from dlrun.views import console
 from dlrun.engine import distributed
 from dlrun.run import preflight
+from dlrun.run.hydra_mode import known_mode
 from dlrun.run.arguments import override_key, plain_value, quote_paths, resume_arguments, resume_command
 from dlrun.run.run_directory import CANNOT_WRITE
 from dlrun.errors import ConfigError
@@ -408,7 +409,8 @@ def main() -> None:
 
     try:
         timing.CLOCK.mark()  # Hydra composes the config between here and the job's first line
-        train()
+        with known_mode(sys.argv[1:]):
+            train()
     except KeyboardInterrupt:  # before training started (training itself stops cleanly on its own)
         console.print_error("Interrupted before training started; nothing was trained.")
         sys.exit(130)
