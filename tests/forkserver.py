@@ -24,6 +24,8 @@ import dlrun.cli, dlrun.modes, dlrun.run.training  # the expensive imports, once
 # What a run imports lazily, also once: torch._dynamo (with sympy; torch.optim imports it when an optimizer is built),
 # TensorBoard's writer, matplotlib and torchvision were ~7 of a tiny run's 9 CPU seconds in each child. No threads start.
 import matplotlib.pyplot, tensorboard.plugins.hparams.api_pb2, torch._dynamo, torch.utils.tensorboard, torchvision
+import gc
+gc.freeze()  # as the dl-run script after its start-up: the children's collections skip these million objects
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the server never waits: children report through files
 for line in sys.stdin:
     request = json.loads(line)
