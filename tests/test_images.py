@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -22,7 +23,7 @@ from dlrun.models.geometry import conv_output_size, predicted_size
 from dlrun.models.resnet import ResidualBlock
 from dlrun.diagnostics.summary import summarize
 from dlrun.tasks import evaluate
-from image_fixtures import digit_images, write_cifar10, write_image_folder, write_mnist
+from image_fixtures import digit_images, write_cifar10, write_idx, write_image_folder, write_mnist
 
 MNIST_LIKE = DataInfo(input_shape=(1, 28, 28), task="classification", num_classes=10, name="mnist")
 DIGITS_LIKE = DataInfo(input_shape=(1, 8, 8), task="classification", num_classes=10, name="digits")
@@ -225,6 +226,12 @@ def test_a_damaged_mnist_file_is_refused_with_its_path(tmp_path):
     assert str(labels) in str(err.value) and "55" in str(err.value) and err.value.key == "dataset.root"
     labels.write_bytes(b"<html>Not Found</html>")  # what a failed download by hand may leave
     with pytest.raises(ConfigError, match="not an IDX file"):
+        DATASETS.build({"name": "mnist", "root": str(root), "download": False}, seed=0)
+    write_idx(labels, np.arange(59) % 10)  # one label short of the 60 images
+    with pytest.raises(ConfigError, match="swapped or from different sets"):
+        DATASETS.build({"name": "mnist", "root": str(root), "download": False}, seed=0)
+    write_idx(labels, np.arange(60) % 10 + 200)  # labels no MNIST file holds
+    with pytest.raises(ConfigError, match="label 209"):
         DATASETS.build({"name": "mnist", "root": str(root), "download": False}, seed=0)
 
 

@@ -139,7 +139,23 @@ def _idx_dataset(cls_name: str, root: Path) -> tuple[torch.Tensor, ...] | None:
     if cls_name not in IDX_CLASSES or not all(p.is_file() for p in paths):
         return None
     x_train, y_train, x_test, y_test = (read_idx(p) for p in paths)
+    classes = len(IDX_CLASSES[cls_name])
+    _check_idx_pair(x_train, y_train, paths[0], paths[1], classes)
+    _check_idx_pair(x_test, y_test, paths[2], paths[3], classes)
     return x_train.unsqueeze(1), y_train.long(), x_test.unsqueeze(1), y_test.long()
+
+
+def _check_idx_pair(images: torch.Tensor, labels: torch.Tensor, images_path: Path, labels_path: Path,
+                    classes: int) -> None:
+    """Images (N, H, W) and N labels below the class count: swapped, mismatched or foreign files are refused."""
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise ConfigError(f"{images_path} holds images of shape {tuple(images.shape)} and {labels_path} labels of "
+                          f"shape {tuple(labels.shape)}, where N images of H x W pixels and N labels were expected: "
+                          f"the files are swapped or from different sets. Replace them with the original files.",
+                          key="dataset.root")
+    if len(labels) and int(labels.max()) >= classes:
+        raise ConfigError(f"{labels_path} holds label {int(labels.max())}, where the {classes} classes are 0 to "
+                          f"{classes - 1}. Replace it with the original file.", key="dataset.root")
 
 
 def _torchvision_dataset(cls_name: str, name: str, title: str, root: str, download: bool, seed: int,
