@@ -110,11 +110,16 @@ def _is_search(hydra_cfg: DictConfig) -> bool:
     return "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
 
 
+def _in_launcher_worker() -> bool:
+    """Whether this process is a launcher's worker (joblib, submitit), not the one main() ran in."""
+    return os.environ.get("DLRUN_PID") != str(os.getpid())
+
+
 def train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path] = frozenset()) -> float | None:
     """One run, or one job of a sweep: train it (or its mode), and record how it ended in `sweep`. `found_empty`:
     the folders the user named that existed (empty) before this invocation."""
     timing.CLOCK.since_mark("Hydra: compose the config, set up the job")
-    if os.environ.get("DLRUN_PID") != str(os.getpid()):  # a launcher's worker: its first job imports torch
+    if _in_launcher_worker():  # its first job imports torch
         startup_collector.pause()
     try:
         return _train_job(cfg, sweep, found_empty)
@@ -134,7 +139,7 @@ def _train_job(cfg: DictConfig, sweep: SweepJobs, found_empty: frozenset[Path]) 
     overrides = [o for o in hydra_cfg.overrides.task if override_key(o) not in SWITCHES]
     name = " ".join(o for o in overrides if override_key(o) not in QUIET_KEYS) or "(defaults)"
     multirun = hydra_cfg.mode is RunMode.MULTIRUN
-    in_worker = multirun and os.environ.get("DLRUN_PID") != str(os.getpid())  # a launcher's worker process
+    in_worker = multirun and _in_launcher_worker()
     if multirun:
         decided = _sweep_job(cfg, hydra_cfg, sweep, run_dir, (name, overrides), in_worker)
         if decided.action in ("keep", "failed"):  # a resumed sweep's job that ended before: not run again
