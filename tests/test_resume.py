@@ -86,7 +86,8 @@ class Segment:
                                          env=env)
 
     def output(self) -> str:
-        return self.log.read_text()
+        # Read while dl-run writes: the last character may be cut half-way (the rich table's box lines are UTF-8).
+        return self.log.read_bytes().decode("utf-8", errors="replace")
 
     def wait_until(self, condition, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
