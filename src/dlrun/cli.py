@@ -26,6 +26,7 @@ from dlrun.views import console
 from dlrun.engine import distributed
 from dlrun.run import preflight
 from dlrun.run.hydra_mode import known_mode
+from dlrun.run import sweep_compose
 from dlrun.run.arguments import override_key, plain_value, quote_paths, resume_arguments, resume_command
 from dlrun.run.run_directory import CANNOT_WRITE
 from dlrun.errors import ConfigError
@@ -57,6 +58,8 @@ def safe_folder_name(text: str) -> str:
 # configs/hydra/default.yaml names each job's folder with it.
 OmegaConf.register_new_resolver("dlrun_safe", safe_folder_name, replace=True)
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# Here, not in main(): a joblib or submitit worker imports this module to run its jobs, and composes them too.
+sweep_compose.install()
 
 
 class SweepDirectory(Callback):
