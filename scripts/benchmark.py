@@ -33,10 +33,11 @@ machine's load, the median drops the rounds a neighbour's burst hit); its second
              logger=[tensorboard,mlflow] against logger=tensorboard (<= 1.05x; needs the [mlflow] extra)
   memory     peak resident memory of `dl-run` (the default experiment; MNIST MLP one epoch) against the bare loop,
              each in its own process (<= 1.3x)
-  sweep      `dl-run -m` with 8 and 2 tiny jobs: the cost of each extra job, (T8 - T2) / 6, against the in-process
-             run() of one job, with the basic launcher and with joblib (each <= 1.15x: a job costs little beyond
-             its own run, Hydra composing its config and writing its .hydra/ record); joblib with one worker
-             (reported): the launcher's cost alone, without two jobs at once sharing the machine
+  sweep      `dl-run -m` with 14 and 2 tiny jobs: the cost of each extra job, (T14 - T2) / 12, against the
+             in-process run() of one job (its config composed by Hydra's compose API, as a script would), with
+             the basic launcher and with joblib's 2 workers (each <= 1.15x: a job costs little beyond its own run,
+             its config and its .hydra/ record); 12 extra jobs, not 6, so that a second of noise in one sweep
+             moves the ratio by less than 0.1
   streaming  image_folder of PNGs the benchmark writes: an epoch streamed from disk by 2 DataLoader workers
              against the same epoch held in memory (reported)
 Precision: every side computes in --precision (default: dl-run's own auto, 32 on a CPU, bf16 or fp16 on a GPU):
@@ -640,7 +641,8 @@ class Bench:
         work = self.work / "sweep"
         work.mkdir(exist_ok=True)
         tiny = ["trainer.epochs=2", "model.hidden=[16]", "trainer.progress=false", *self.common()]
-        lrs = [f"{0.001 * (i + 1):g}" for i in range(8)]  # a learning-rate sweep: the jobs share their data
+        many = 14
+        lrs = [f"{0.001 * (i + 1):g}" for i in range(many)]  # a learning-rate sweep: the jobs share their data
 
         def sweep(jobs: int, launcher: list[str]) -> tuple[float, float]:
             values = ",".join(lrs[:jobs])
@@ -653,27 +655,27 @@ class Bench:
         launchers = {"basic": []}
         try:
             import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+            # (n_jobs=1 would be no worker at all: joblib then runs the jobs in dl-run's own process)
             launchers["joblib"] = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-            # One worker: the launcher's own cost per job, without two jobs sharing the machine's 2 cores' caches.
-            launchers["joblib, one worker"] = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]
         except ImportError:
             print('  joblib row skipped: pip install -e ".[sweep]"', flush=True)
         for name, launcher in launchers.items():
             # Two sweeps, so that what a sweep does once (start-up, workers, the summary table and figure) cancels.
             times = rounds({"2-job sweep": lambda lc=launcher: sweep(2, lc),
-                            "8-job sweep": lambda lc=launcher: sweep(8, lc),
+                            f"{many}-job sweep": lambda lc=launcher: sweep(many, lc),
                             "run()": lambda: self.timed_run([*tiny, "seed=0"]) and self.timed_run.run_seconds},
                            self.repeats("sweep"), f"sweep, {name} launcher")
-            per_job = {k: [(eight - two) / 6 for two, eight in zip(times["2-job sweep"][k], times["8-job sweep"][k])]
+            per_job = {k: [(big - two) / (many - 2) for two, big in zip(times["2-job sweep"][k],
+                                                                        times[f"{many}-job sweep"][k])]
                        for k in ("wall", "cpu")}
-            two, eight = ({k: statistics.median(times[v][k]) for k in ("wall", "cpu")}
-                          for v in ("2-job sweep", "8-job sweep"))
-            self.rows.append(row(f"sweep of 8 tiny jobs, {name} launcher: each extra job / one in-process run()",
-                                 per_job, times["run()"], None if "one worker" in name else 1.15, "max", self.judge,
+            two, big = ({k: statistics.median(times[v][k]) for k in ("wall", "cpu")}
+                        for v in ("2-job sweep", f"{many}-job sweep"))
+            self.rows.append(row(f"sweep of {many} tiny jobs, {name} launcher: each extra job / one in-process run()",
+                                 per_job, times["run()"], 1.15, "max", self.judge,
                                  baseline_name="run() of one job in this process",
-                                 note=f"each extra job = (8-job sweep - 2-job sweep) / 6; whole commands: 2 jobs "
-                                      f"{two['wall']:.2f}s, 8 jobs {eight['wall']:.2f}s wall (CPU {two['cpu']:.2f}s, "
-                                      f"{eight['cpu']:.2f}s)"))
+                                 note=f"each extra job = ({many}-job sweep - 2-job sweep) / {many - 2}; whole "
+                                      f"commands: 2 jobs {two['wall']:.2f}s, {many} jobs {big['wall']:.2f}s wall "
+                                      f"(CPU {two['cpu']:.2f}s, {big['cpu']:.2f}s)"))
         shutil.rmtree(work, ignore_errors=True)
 
     def group_streaming(self) -> None:
