@@ -37,7 +37,8 @@ machine's load, the median drops the rounds a neighbour's burst hit); its second
              in-process run() of one job (its config composed by Hydra's compose API, as a script would), with
              the basic launcher and with joblib's 2 workers (each <= 1.15x: a job costs little beyond its own run,
              its config and its .hydra/ record); 12 extra jobs, not 6, so that a second of noise in one sweep
-             moves the ratio by less than 0.1
+             moves the ratio by less than 0.1; every job and run() with half of --threads, as joblib's 2 workers
+             each take
   streaming  image_folder of PNGs the benchmark writes: an epoch streamed from disk by 2 DataLoader workers
              against the same epoch held in memory (reported)
 Precision: every side computes in --precision (default: dl-run's own auto, 32 on a CPU, bf16 or fp16 on a GPU):
@@ -640,7 +641,13 @@ class Bench:
         dl_run = shutil.which("dl-run", path=str(Path(sys.executable).parent)) or "dl-run"
         work = self.work / "sweep"
         work.mkdir(exist_ok=True)
-        tiny = ["trainer.epochs=2", "model.hidden=[16]", "trainer.progress=false", *self.common()]
+        # joblib runs 2 jobs at once: each gets half the threads (what dl-run's auto takes in each of its workers),
+        # and so do the basic launcher's jobs and run(), so that all three compute alike. With all the threads
+        # each, two jobs on 2 cores wait on each other's threads: 3.2 CPU s a job instead of 1.1.
+        threads = max(1, self.threads // 2)
+        tiny = ["trainer.epochs=2", "model.hidden=[16]", "trainer.progress=false",
+                *(f"trainer.threads={threads}" if o.startswith("trainer.threads=") else o for o in self.common())]
+        print(f"  {threads} torch thread(s) a job", flush=True)
         many = 14
         lrs = [f"{0.001 * (i + 1):g}" for i in range(many)]  # a learning-rate sweep: the jobs share their data
 

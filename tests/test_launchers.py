@@ -27,6 +27,9 @@ def test_joblib_runs_the_jobs_side_by_side_and_the_summary_covers_them(dl_run, t
     sweep, rows = _sweep_dir(tmp_path)
     assert sorted(r["job"].split()[0] for r in rows) == ["optimizer.lr=0.01", "optimizer.lr=0.1"]
     assert all(r["status"] == "completed" for r in rows)
+    # Each worker's share of the cores (joblib's OMP_NUM_THREADS: all cores over n_jobs=-1 workers), not the cores
+    # the load average saw free when both jobs started.
+    assert result.output.count("(1 CPU thread)") == 2 and "CPU threads)" not in result.output, result.output
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
     assert len(jobs) == 2  # one sweep directory for both: the worker processes agree on it
     # In parallel: each job started (Hydra wrote its config) before the other one finished.

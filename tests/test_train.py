@@ -126,6 +126,7 @@ def test_threads_auto_leaves_busy_cores_alone_and_a_number_is_taken_as_given(mon
 
     from dlrun.engine.options import resolve_threads
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))
     assert resolve_threads(3, deterministic=False) == 3
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))  # every core busy with other work
@@ -134,6 +135,21 @@ def test_threads_auto_leaves_busy_cores_alone_and_a_number_is_taken_as_given(mon
     assert resolve_threads("auto", deterministic=False) == cores
     monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))
     assert resolve_threads("auto", deterministic=True) == cores  # repeatable sums need a fixed thread count
+
+
+def test_threads_auto_keeps_within_omp_num_threads(monkeypatch):
+    # The limit a user, a job script, torchrun or joblib's workers set; a number given on the command line wins.
+    import os
+
+    from dlrun.engine.options import resolve_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    for limit, auto in (("3", 3), ("1", 1), ("64", 8), ("", 8), ("none", 8), ("0", 8)):
+        monkeypatch.setenv("OMP_NUM_THREADS", limit)
+        assert resolve_threads("auto", deterministic=False) == auto, limit
+        assert resolve_threads("auto", deterministic=True) == auto, limit
+        assert resolve_threads(5, deterministic=False) == 5
 
 
 def test_freed_memory_is_kept_for_reuse_instead_of_faulting_in_fresh_pages():

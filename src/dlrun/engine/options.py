@@ -81,18 +81,30 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_threads(threads: int | str, deterministic: bool) -> int:
-    """How many CPU threads torch's math gets: `auto` = the cores not already busy with other work, at least 1.
+    """How many CPU threads torch's math gets: `auto` = the cores not already busy with other work, at least 1,
+    and no more than OMP_NUM_THREADS where that is set.
 
     On an oversubscribed machine torch's threads wait on each other for cores they cannot get: on 2
     shared cores a small CNN trains ten times slower with 2 threads than with 1. A deterministic run
     takes every core, so that its thread count (and its floating-point sums) do not depend on the load.
+    OMP_NUM_THREADS is a limit someone set on purpose: the user, a cluster's job script, torchrun for its
+    ranks, or joblib for its workers (the cores divided among the jobs running at once). The load average
+    cannot see those jobs: it lags a minute behind, so two joblib jobs starting together each took both of
+    2 cores (a tiny job 3.2 CPU s instead of 1.1).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if threads != "auto":
         return int(threads)
+    cores = min(cores, _thread_limit() or cores)
     if deterministic or not hasattr(os, "getloadavg"):
         return cores
     return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
+def _thread_limit() -> int | None:
+    """OMP_NUM_THREADS as a positive number of threads, else None (unset, empty or not a positive integer)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def use_channels_last(setting: bool | str, device: torch.device, model: nn.Module) -> bool:
