@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -22,21 +23,34 @@ def _sweep_dir(cwd):
 
 def test_joblib_runs_the_jobs_side_by_side_and_the_summary_covers_them(dl_run, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    result = dl_run("-m", "hydra/launcher=joblib", "optimizer.lr=0.1,0.01", "trainer.epochs=2", *TINY)
+    result = dl_run("-m", "hydra/launcher=joblib", "optimizer=adam,sgd", "optimizer.lr=0.1,0.01", "trainer.epochs=2",
+                    *TINY)
     assert result.code == 0, result.output[-3000:]
     sweep, rows = _sweep_dir(tmp_path)
-    assert sorted(r["job"].split()[0] for r in rows) == ["optimizer.lr=0.01", "optimizer.lr=0.1"]
+    assert sorted(" ".join(sorted(r["job"].split()[:2])) for r in rows) == [
+        "optimizer.lr=0.01 optimizer=adam", "optimizer.lr=0.01 optimizer=sgd", "optimizer.lr=0.1 optimizer=adam",
+        "optimizer.lr=0.1 optimizer=sgd"]
     assert all(r["status"] == "completed" for r in rows)
     # Each worker's share of the cores (joblib's OMP_NUM_THREADS: all cores over n_jobs=-1 workers), not the cores
-    # the load average saw free when both jobs started.
-    assert result.output.count("(1 CPU thread)") == 2 and "CPU threads)" not in result.output, result.output
+    # the load average saw free when the jobs started.
+    assert result.output.count("(1 CPU thread)") == 4 and "CPU threads)" not in result.output, result.output
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
-    assert len(jobs) == 2  # one sweep directory for both: the worker processes agree on it
-    # In parallel: each job started (Hydra wrote its config) before the other one finished.
-    started = [(job / ".hydra" / "config.yaml").stat().st_mtime for job in jobs]
-    finished = [(job / "metrics.json").stat().st_mtime for job in jobs]
-    assert started[0] < finished[1] and started[1] < finished[0]
-    assert "Best: val/loss" in result.output and "Train it again:\n  dl-run optimizer.lr=" in result.output
+    assert len(jobs) == 4  # one sweep directory for all: the worker processes agree on it
+    # Each job's own options and values, though a worker's later jobs share its first one's composition of the
+    # YAML files (run/sweep_compose.py): its recorded config, and what it ran with.
+    ran = set()
+    for job in jobs:
+        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert config.optimizer.name == OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices.optimizer
+        assert {f"optimizer={config.optimizer.name}", f"optimizer.lr={config.optimizer.lr:g}"} <= set(
+            json.loads((job / "metrics.json").read_text())["overrides"])
+        ran.add((config.optimizer.name, config.optimizer.lr))
+    assert ran == {("adam", 0.1), ("adam", 0.01), ("sgd", 0.1), ("sgd", 0.01)}
+    # In parallel: some job started (Hydra wrote its config) before another one finished.
+    spans = [((job / ".hydra" / "config.yaml").stat().st_mtime, (job / "metrics.json").stat().st_mtime)
+             for job in jobs]
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])
+    assert "Best: val/loss" in result.output and "Train it again:\n  dl-run optimizer" in result.output
 
 
 def test_an_optuna_search_records_a_diverging_trial_as_failed_and_prints_the_best(dl_run, tmp_path):
